@@ -1,0 +1,83 @@
+"""Exclusion rules for backups: glob patterns on raw byte paths, and CACHEDIR.TAG detection.
+
+Pattern rules: `*` and `?` stay within one path component, `**` spans components; a pattern
+without `/` matches a name anywhere; with a leading `/` it is anchored at the file system root;
+otherwise it matches any trailing part of the path. A matched directory is skipped whole.
+"""
+
+import os
+import re
+from collections.abc import Iterable
+
+CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
+
+
+def _translate(pattern: bytes) -> bytes:
+    out = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i:i + 1]
+        if pattern.startswith(b"**", i):
+            out.append(b".*")
+            i += 2
+            if pattern.startswith(b"/", i):
+                out.append(b"(?:/)?")
+                i += 1
+            continue
+        if c == b"*":
+            out.append(b"[^/]*")
+        elif c == b"?":
+            out.append(b"[^/]")
+        elif c == b"[":
+            end = pattern.find(b"]", i + 2)
+            if end == -1:
+                out.append(re.escape(c))
+            else:
+                body = pattern[i + 1:end]
+                if body.startswith(b"!"):
+                    body = b"^" + body[1:]
+                out.append(b"[" + body.replace(b"\\", b"\\\\") + b"]")
+                i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return b"".join(out)
+
+
+class Excluder:
+    """Decides whether an absolute byte path is excluded."""
+
+    def __init__(self, patterns: Iterable[str], exact: Iterable[bytes] = ()) -> None:
+        parts = []
+        for pattern in patterns:
+            raw = os.fsencode(pattern.strip())
+            if not raw:
+                continue
+            raw = raw.rstrip(b"/") or b"/"
+            body = _translate(raw.lstrip(b"/"))
+            if raw.startswith(b"/"):
+                parts.append(b"/" + body)
+            else:
+                parts.append(b"(?:.*/)?" + body)
+        self._regex = re.compile(b"(?:" + b"|".join(parts) + b")\\Z", re.S) if parts else None
+        self._exact = {os.path.normpath(p) for p in exact}
+
+    def excluded(self, path: bytes) -> bool:
+        if path in self._exact:
+            return True
+        return self._regex is not None and self._regex.match(path) is not None
+
+
+def load_exclude_file(path: str) -> list[str]:
+    """Patterns from a file: one a line; blank lines and lines starting with # are ignored."""
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        return [line.rstrip("\n") for line in f if line.strip() and not line.startswith("#")]
+
+
+def is_cache_dir(path: bytes) -> bool:
+    """True if `path` holds a valid CACHEDIR.TAG (https://bford.info/cachedir/)."""
+    try:
+        with open(os.path.join(path, b"CACHEDIR.TAG"), "rb") as f:
+            return f.read(len(CACHEDIR_SIGNATURE)) == CACHEDIR_SIGNATURE
+    except OSError:
+        return False

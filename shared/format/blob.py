@@ -1,0 +1,41 @@
+"""Sealed payloads: compress-then-encrypt for blobs (in packs) and for index/snapshot objects.
+
+Plaintext inside the AEAD: one byte compression method || payload. The associated data binds
+a blob to its type and ID, so blobs cannot be swapped or retyped.
+"""
+
+from shared.compression import compress, decompress
+from shared.crypto.aead import open_sealed, seal
+from shared.errors import IntegrityError
+from shared.ids import BlobType, ObjectId
+
+BLOB_AAD = b"cairn blob v1"
+# The biggest plaintext a blob or metadata object may expand to (a hostile blob cannot make
+# us allocate more): chunks are at most 16 MiB, trees/indexes are capped at 1 GiB.
+MAX_PLAINTEXT = 1 << 30
+
+
+def blob_aad(blob_type: BlobType, blob_id: ObjectId) -> bytes:
+    return BLOB_AAD + bytes([blob_type]) + blob_id.raw
+
+
+def encode_sealed(key: bytes, plaintext: bytes | memoryview, aad: bytes, level: int) -> bytes:
+    method, payload = compress(plaintext, level)
+    return seal(key, bytes([method]) + payload, aad)
+
+
+def decode_sealed(key: bytes, sealed: bytes | memoryview, aad: bytes, what: str) -> bytes:
+    inner = open_sealed(key, sealed, aad, what)
+    if not inner:
+        raise IntegrityError(f"{what} is damaged: empty payload")
+    return decompress(inner[0], inner[1:], MAX_PLAINTEXT)
+
+
+def encode_blob(
+    key: bytes, blob_type: BlobType, blob_id: ObjectId, plaintext: bytes | memoryview, level: int
+) -> bytes:
+    return encode_sealed(key, plaintext, blob_aad(blob_type, blob_id), level)
+
+
+def decode_blob(key: bytes, blob_type: BlobType, blob_id: ObjectId, sealed: bytes) -> bytes:
+    return decode_sealed(key, sealed, blob_aad(blob_type, blob_id), f"blob {blob_id.short()}")

@@ -1,0 +1,110 @@
+"""Pack files: sealed blobs back to back, then a sealed header, then the header's length.
+
+    pack   = blob_0 || ... || blob_n-1 || sealed_header || u32le(len(sealed_header))
+    header = msgpack {"v": 1, "blobs": [[type, id, offset, length, raw_length], ...]}
+
+The pack's name is the unkeyed BLAKE3 of all its bytes. No I/O here.
+"""
+
+import struct
+from dataclasses import dataclass
+
+from shared.errors import IntegrityError, UnsupportedFormat
+from shared.format.blob import decode_sealed, encode_sealed
+from shared.format.codec import field, id_bytes, pack, unpack
+from shared.hashing import StreamHasher
+from shared.ids import BlobType, ObjectId
+
+HEADER_AAD = b"cairn pack header v1"
+TRAILER_SIZE = 4
+PACK_VERSION = 1
+# Default target size: the lower end of the 16-64 MiB range keeps the memory of packs being
+# assembled and uploaded small (at most ~4 in flight), while still few objects per GiB.
+DEFAULT_PACK_SIZE = 16 * 1024 * 1024
+MAX_HEADER = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PackEntry:
+    """Where one blob sits inside a pack."""
+
+    type: BlobType
+    id: ObjectId
+    offset: int
+    length: int  # sealed bytes in the pack
+    raw_length: int  # plaintext bytes (before compression)
+
+
+class PackWriter:
+    """Assembles one pack in memory; `finish` returns its name, bytes and entries."""
+
+    __slots__ = ("_buf", "_entries", "_hasher", "blob_type")
+
+    def __init__(self, blob_type: BlobType) -> None:
+        self.blob_type = blob_type
+        self._buf = bytearray()
+        self._entries: list[PackEntry] = []
+        self._hasher = StreamHasher()
+
+    def add(self, blob_id: ObjectId, sealed: bytes, raw_length: int) -> PackEntry:
+        entry = PackEntry(self.blob_type, blob_id, len(self._buf), len(sealed), raw_length)
+        self._buf += sealed
+        self._entries.append(entry)
+        return entry
+
+    @property
+    def size(self) -> int:
+        return len(self._buf)
+
+    @property
+    def count(self) -> int:
+        return len(self._entries)
+
+    def finish(self, key: bytes) -> tuple[ObjectId, bytes, list[PackEntry]]:
+        header = encode_header(key, self._entries)
+        self._buf += header
+        self._buf += struct.pack("<I", len(header))
+        data = bytes(self._buf)
+        self._hasher.update(data)
+        self._buf = bytearray()
+        return self._hasher.object_id(), data, self._entries
+
+
+def encode_header(key: bytes, entries: list[PackEntry]) -> bytes:
+    body = {
+        "v": PACK_VERSION,
+        "blobs": [[int(e.type), e.id.raw, e.offset, e.length, e.raw_length] for e in entries],
+    }
+    return encode_sealed(key, pack(body), HEADER_AAD, 3)
+
+
+def header_length(trailer: bytes) -> int:
+    """The sealed header's length, from the pack's last 4 bytes."""
+    if len(trailer) != TRAILER_SIZE:
+        raise IntegrityError("pack is damaged: truncated trailer")
+    (n,) = struct.unpack("<I", trailer)
+    if n > MAX_HEADER:
+        raise IntegrityError("pack is damaged: implausible header length")
+    return n
+
+
+def decode_header(key: bytes, sealed: bytes, pack_size: int, what: str) -> list[PackEntry]:
+    """Decrypt and validate a pack header; every entry must lie inside the blob area."""
+    body = unpack(decode_sealed(key, sealed, HEADER_AAD, f"{what} header"), f"{what} header")
+    version = field(body, "v", int, what)
+    if version != PACK_VERSION:
+        raise UnsupportedFormat(f"{what}: unknown pack version {version}")
+    blobs = field(body, "blobs", list, what)
+    limit = pack_size - len(sealed) - TRAILER_SIZE
+    entries = []
+    for item in blobs:
+        if not isinstance(item, list) or len(item) != 5:
+            raise IntegrityError(f"{what} header is damaged: bad entry")
+        btype, bid, offset, length, raw = item
+        if btype not in (0, 1) or not all(isinstance(v, int) for v in (offset, length, raw)):
+            raise IntegrityError(f"{what} header is damaged: bad entry")
+        if offset < 0 or length <= 0 or offset + length > limit:
+            raise IntegrityError(f"{what} header is damaged: entry outside the pack")
+        entries.append(PackEntry(BlobType(btype), ObjectId(id_bytes(bid, what)), offset, length,
+                                 raw))
+    return entries

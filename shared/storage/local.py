@@ -1,0 +1,243 @@
+"""LocalStore: an ObjectStore in a folder (the client's external disk, the server's default).
+
+Layout: `<root>/<kind>/<name>`, except packs in `<root>/packs/<name[:2]>/<name>`; temp files
+in `<root>/tmp/*.tmp`. Every blocking call runs in a thread; OSErrors become StorageErrors.
+Construction does no I/O: `LocalStore.create` makes the folders.
+"""
+
+import asyncio
+import errno
+import io
+import logging
+import os
+import re
+import secrets
+import stat
+import sys
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Self
+
+from shared.errors import ObjectNotFound, PermissionDenied, StorageError
+from shared.ids import InvalidName, ObjectInfo, ObjectKey, ObjectKind
+from shared.storage.base import check_range, iter_bytes
+
+logger = logging.getLogger(__name__)
+
+TEMP_SUFFIX = ".tmp"
+# Chunks are written in batches of about 4 MiB: a 64 MiB pack costs 16 thread hops, not one per
+# network chunk, and a put holds at most one batch in memory beyond what its source holds.
+_BATCH_SIZE = 4 << 20
+_SHARD_RE = re.compile(r"[0-9a-f]{2}")
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_NO_PERMISSION = frozenset({errno.EACCES, errno.EPERM})
+
+
+class LocalStore:
+    """Objects as files under `root`; `fsync=False` trades crash safety for speed (tests)."""
+
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+        self._root = Path(root)
+        self._tmp = self._root / "tmp"
+        self._fsync = fsync
+
+    @classmethod
+    async def create(cls, root: Path, *, fsync: bool = True) -> Self:
+        """Create the folders of a store at `root` if missing (idempotent) and return it."""
+        store = cls(root, fsync=fsync)
+        with _os_errors(f"create a store in {root}"):
+            await asyncio.to_thread(store._make_folders)
+        return store
+
+    async def put(self, key: ObjectKey, data: bytes | AsyncIterable[bytes]) -> None:
+        path = self._path(key)
+        doing = f"write {key} under {self._root}"
+        with _os_errors(doing):
+            if await asyncio.to_thread(path.exists):
+                logger.debug("%s exists; put is a no-op", key)
+                return
+            tmp = self._tmp / f"{secrets.token_hex(16)}{TEMP_SUFFIX}"
+            file = await asyncio.to_thread(_create_new, tmp)
+        try:
+            # Errors raised by `data` itself propagate untranslated.
+            async for batch in _batches(data):
+                with _os_errors(doing):
+                    await asyncio.to_thread(file.writelines, batch)
+            with _os_errors(doing):
+                stored = await asyncio.to_thread(self._publish, file, tmp, path)
+        except BaseException:
+            await asyncio.to_thread(_discard, file, tmp)
+            raise
+        logger.debug("%s %s", "stored" if stored else "lost a race to store", key)
+
+    async def get(self, key: ObjectKey, *, offset: int = 0, length: int | None = None) -> bytes:
+        with _os_errors(f"read {key} under {self._root}", key):
+            return await asyncio.to_thread(_read, self._path(key), key, offset, length)
+
+    async def stat(self, key: ObjectKey) -> ObjectInfo:
+        with _os_errors(f"stat {key} under {self._root}", key):
+            st = await asyncio.to_thread(os.stat, self._path(key))
+        return ObjectInfo(key, st.st_size, st.st_mtime)
+
+    async def list(self, kind: ObjectKind) -> AsyncIterator[ObjectInfo]:
+        folder = self._root / kind.value
+        with _os_errors(f"list {folder}"):
+            if kind is ObjectKind.PACK:
+                shards = await asyncio.to_thread(_shard_folders, folder)
+            else:
+                shards = [folder]
+        for shard in shards:
+            with _os_errors(f"list {shard}"):
+                found = await asyncio.to_thread(_scan, shard, kind)
+            for info in found:
+                yield info
+
+    async def delete(self, key: ObjectKey) -> None:
+        with _os_errors(f"delete {key} under {self._root}", key):
+            await asyncio.to_thread(os.unlink, self._path(key))
+        logger.debug("deleted %s", key)
+
+    async def close(self) -> None:
+        pass
+
+    async def cleanup_temp(self, older_than: float) -> int:
+        """Remove temp files older than `older_than` seconds (left by a crash); return how many."""
+        with _os_errors(f"clean up {self._tmp}"):
+            removed = await asyncio.to_thread(self._remove_temp_before, time.time() - older_than)
+        if removed:
+            logger.info("removed %d stale temp files from %s", removed, self._tmp)
+        return removed
+
+    def _path(self, key: ObjectKey) -> Path:
+        if key.kind is ObjectKind.PACK:
+            return self._root / key.kind.value / key.name[:2] / key.name
+        return self._root / key.kind.value / key.name
+
+    def _make_folders(self) -> None:
+        self._root.mkdir(parents=True, exist_ok=True)
+        for folder in [*(kind.value for kind in ObjectKind), self._tmp.name]:
+            (self._root / folder).mkdir(exist_ok=True)
+
+    def _publish(self, file: io.BufferedWriter, tmp: Path, path: Path) -> bool:
+        """Make the finished temp file visible as `path`; False if a concurrent put won."""
+        file.flush()
+        if self._fsync:
+            os.fsync(file.fileno())
+        file.close()
+        if path.exists():
+            # Same name, same content: keep the first copy untouched (a small window remains
+            # between this check and the rename; os.replace would swap in identical bytes).
+            tmp.unlink()
+            return False
+        if not path.parent.is_dir():  # a pack shard is created with its first pack
+            path.parent.mkdir(exist_ok=True)
+            self._sync_folder(path.parent.parent)
+        os.replace(tmp, path)
+        self._sync_folder(path.parent)
+        return True
+
+    def _sync_folder(self, folder: Path) -> None:
+        """Make a rename or new entry in `folder` durable (not possible, nor needed, on Windows)."""
+        if not self._fsync or sys.platform == "win32":
+            return
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _remove_temp_before(self, cutoff: float) -> int:
+        removed = 0
+        with os.scandir(self._tmp) as entries:
+            for entry in entries:
+                if not entry.name.endswith(TEMP_SUFFIX):
+                    continue
+                try:
+                    if entry.stat().st_mtime < cutoff:
+                        os.unlink(entry.path)
+                        removed += 1
+                except FileNotFoundError:
+                    continue  # its put finished or failed meanwhile
+        return removed
+
+
+@contextmanager
+def _os_errors(doing: str, key: ObjectKey | None = None) -> Iterator[None]:
+    """Translate OSError into the StorageError family; a missing file means `key` is absent."""
+    try:
+        yield
+    except OSError as exc:
+        if key is not None and isinstance(exc, FileNotFoundError):
+            raise ObjectNotFound(f"{key} not found") from exc
+        if exc.errno in _DISK_FULL:
+            raise StorageError(f"disk full: cannot {doing}") from exc
+        if exc.errno in _NO_PERMISSION:
+            raise PermissionDenied(f"permission denied: cannot {doing}") from exc
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise StorageError(f"cannot {doing}: {exc.strerror or exc}{where}") from exc
+
+
+async def _batches(data: bytes | AsyncIterable[bytes]) -> AsyncIterator[list[bytes]]:
+    batch: list[bytes] = []
+    size = 0
+    async for chunk in iter_bytes(data):
+        batch.append(chunk)
+        size += len(chunk)
+        if size >= _BATCH_SIZE:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _create_new(path: Path) -> io.BufferedWriter:
+    return open(path, "xb")  # noqa: SIM115 - closed by _publish or _discard
+
+
+def _discard(file: io.BufferedWriter, tmp: Path) -> None:
+    """Close and remove the temp file of a failed put, without hiding the original error."""
+    with suppress(OSError):  # flushing a failed put (e.g. disk full) fails again; no news
+        file.close()
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError as exc:
+        logger.warning("cannot remove temp file %s (cleanup_temp will): %s", tmp, exc)
+
+
+def _read(path: Path, key: ObjectKey, offset: int, length: int | None) -> bytes:
+    with open(path, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        length = check_range(key, size, offset, length)
+        file.seek(offset)
+        data = file.read(length)
+    if len(data) != length:  # objects are immutable: only damage or tampering shrinks one
+        raise StorageError(f"short read of {key}: {len(data)} of {length} bytes")
+    return data
+
+
+def _shard_folders(folder: Path) -> list[Path]:
+    with os.scandir(folder) as entries:
+        return [
+            Path(entry.path)
+            for entry in entries
+            if _SHARD_RE.fullmatch(entry.name) and entry.is_dir()
+        ]
+
+
+def _scan(folder: Path, kind: ObjectKind) -> list[ObjectInfo]:
+    """The objects in one folder, skipping temp files, junk and packs in the wrong shard."""
+    found: list[ObjectInfo] = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if kind is ObjectKind.PACK and not entry.name.startswith(folder.name):
+                continue
+            try:
+                key = ObjectKey(kind, entry.name)
+                st = entry.stat()
+            except (InvalidName, FileNotFoundError):
+                continue  # not an object, or deleted while we listed
+            if stat.S_ISREG(st.st_mode):
+                found.append(ObjectInfo(key, st.st_size, st.st_mtime))
+    return found
