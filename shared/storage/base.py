@@ -96,8 +96,8 @@ async def iter_bytes(data: bytes | AsyncIterable[bytes]) -> AsyncIterator[bytes]
 
 def check_range(key: ObjectKey, size: int, offset: int, length: int | None) -> int:
     """How many bytes a read of `key` (`size` bytes long) returns; RangeError if out of bounds."""
-    if length is None:
-        length = size - offset
-    if offset < 0 or length < 0 or offset + length > size:
-        raise RangeError(f"range {offset}+{length} is outside {key} ({size} bytes)")
-    return length
+    end = size if length is None else offset + length
+    if offset < 0 or end < offset or end > size:
+        wanted = "the rest" if length is None else f"{length} bytes"
+        raise RangeError(f"cannot read {wanted} at offset {offset} of {key}: it has {size} bytes")
+    return end - offset
