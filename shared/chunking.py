@@ -27,8 +27,12 @@ class ChunkerParams:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not (64 <= self.min_size <= self.avg_size <= self.max_size <= 16 * 1024 * 1024):
-            raise ValueError("chunker sizes must satisfy 64 <= min <= avg <= max <= 16 MiB")
+        # pyfastcdc's own limits: avg 256 B-4 MiB, min 64 B-1 MiB, max 1 KiB-16 MiB.
+        if not (256 <= self.avg_size <= 4 << 20 and 64 <= self.min_size <= 1 << 20
+                and 1024 <= self.max_size <= 16 << 20
+                and self.min_size <= self.avg_size <= self.max_size):
+            raise ValueError("chunker sizes out of range (avg 256 B-4 MiB, min 64 B-1 MiB, "
+                             "max 1 KiB-16 MiB, min <= avg <= max)")
         if not 0 <= self.seed <= SEED_MASK:
             raise ValueError("chunker seed out of range")
 

@@ -52,7 +52,11 @@ def decompress(method: int, data: bytes, max_size: int) -> bytes:
         return data
     if method == Compression.ZSTD:
         try:
-            out: bytes = _decompressor().decompress(data, max_output_size=max_size)
+            size = zstandard.frame_content_size(data)  # -1: the frame does not state it
+            if size < 0 or size > max_size:
+                raise IntegrityError(f"blob is damaged: bad decompressed size {size}")
+            out: bytes = _decompressor().decompress(data, max_output_size=max_size,
+                                                    allow_extra_data=False)
         except zstandard.ZstdError as exc:
             raise IntegrityError(f"blob does not decompress: {exc}") from exc
         return out

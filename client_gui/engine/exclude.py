@@ -1,13 +1,16 @@
 """Exclusion rules for backups: glob patterns on raw byte paths, and CACHEDIR.TAG detection.
 
-Pattern rules: `*` and `?` stay within one path component, `**` spans components; a pattern
-without `/` matches a name anywhere; with a leading `/` it is anchored at the file system root;
-otherwise it matches any trailing part of the path. A matched directory is skipped whole.
+Pattern rules: `*`, `?` and `[...]` (`[!...]` negates) stay within one path component, `**`
+spans components (`a/**/b` matches a/b, a/x/b, a/x/y/b); a pattern without `/` matches a name
+anywhere; with a leading `/` it is anchored at the file system root; otherwise it matches any
+trailing part of the path. A trailing `/` is ignored. A matched directory is skipped whole.
 """
 
 import os
 import re
 from collections.abc import Iterable
+
+from shared.errors import UsageError
 
 CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
 
@@ -17,26 +20,33 @@ def _translate(pattern: bytes) -> bytes:
     i = 0
     while i < len(pattern):
         c = pattern[i:i + 1]
+        if pattern.startswith(b"**/", i):
+            out.append(b"(?:.*/)?")  # zero or more whole components
+            i += 3
+            continue
         if pattern.startswith(b"**", i):
             out.append(b".*")
             i += 2
-            if pattern.startswith(b"/", i):
-                out.append(b"(?:/)?")
-                i += 1
             continue
         if c == b"*":
             out.append(b"[^/]*")
         elif c == b"?":
             out.append(b"[^/]")
         elif c == b"[":
-            end = pattern.find(b"]", i + 2)
+            start = i + 1
+            negate = pattern.startswith(b"!", start)
+            if negate:
+                start += 1
+            # A `]` right after `[` or `[!` is a member, not the end.
+            end = pattern.find(b"]", start + 1)
             if end == -1:
                 out.append(re.escape(c))
             else:
-                body = pattern[i + 1:end]
-                if body.startswith(b"!"):
-                    body = b"^" + body[1:]
-                out.append(b"[" + body.replace(b"\\", b"\\\\") + b"]")
+                # Members are escaped one by one (keeping `-` ranges), so `[[]` or `[&&]` mean
+                # what they say in the glob, not in the regex; no class matches `/`.
+                body = b"".join(b"-" if b == 0x2D else re.escape(bytes([b]))
+                                for b in pattern[start:end])
+                out.append(b"(?!/)[" + (b"^" if negate else b"") + body + b"]")
                 i = end
         else:
             out.append(re.escape(c))
@@ -55,10 +65,12 @@ class Excluder:
                 continue
             raw = raw.rstrip(b"/") or b"/"
             body = _translate(raw.lstrip(b"/"))
-            if raw.startswith(b"/"):
-                parts.append(b"/" + body)
-            else:
-                parts.append(b"(?:.*/)?" + body)
+            part = b"/" + body if raw.startswith(b"/") else b"(?:.*/)?" + body
+            try:
+                re.compile(part)
+            except re.error as exc:  # e.g. a reversed range, [z-a]
+                raise UsageError(f"bad exclude pattern {pattern!r}: {exc}") from exc
+            parts.append(part)
         self._regex = re.compile(b"(?:" + b"|".join(parts) + b")\\Z", re.S) if parts else None
         self._exact = {os.path.normpath(p) for p in exact}
 

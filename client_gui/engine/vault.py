@@ -199,7 +199,7 @@ class Vault:
                 keys = unlock_slot(slot, config.vault_id, secret)
             except WrongPassphrase:
                 continue
-            verify_config(raw_config, config, keys.config_mac)
+            verify_config(raw_config, keys.config_mac)
             return cls(store, config, keys, name)
         raise WrongPassphrase("wrong passphrase (no key slot of this vault opens with it)")
 

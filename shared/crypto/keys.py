@@ -14,12 +14,14 @@ from shared.crypto.aead import KEY_SIZE, open_sealed, seal
 from shared.crypto.kdf import KdfParams, derive, new_params
 from shared.errors import IntegrityError, UnsupportedFormat, WrongPassphrase
 from shared.format.codec import field, pack, unpack
-from shared.hashing import derive_key
+from shared.hashing import derive_key, object_id
 
 SLOT_VERSION = 1
 SLOT_AAD = b"cairn key slot v1"
 RECOVERY_CONTEXT = "cairn 2026-11 recovery key v1"
 RECOVERY_SIZE = 32
+MAX_UNLOCK_MEM = 1 << 30  # a client never spends more than 1 GiB or 16 passes to try a slot
+MAX_UNLOCK_OPS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +68,18 @@ class KeySlot:
     sealed: bytes
 
 
-def _slot_aad(vault_id: bytes) -> bytes:
-    return SLOT_AAD + vault_id
+def _slot_meta(slot_type: str, kdf: KdfParams | None, created_ns: int, hostname: str,
+               label: str) -> dict[str, Any]:
+    """Everything in a slot but the sealed keys, in encoding order (authenticated as AD)."""
+    kdf_map: dict[str, Any] | None = None
+    if kdf is not None:
+        kdf_map = {"alg": kdf.algorithm, "ops": kdf.ops, "mem": kdf.mem, "salt": kdf.salt}
+    return {"magic": "cairn-key", "v": SLOT_VERSION, "type": slot_type, "kdf": kdf_map,
+            "created": created_ns, "host": hostname, "label": label}
+
+
+def _slot_aad(vault_id: bytes, meta: dict[str, Any]) -> bytes:
+    return SLOT_AAD + vault_id + object_id(pack(meta)).raw
 
 
 def _recovery_kek(secret: bytes) -> bytes:
@@ -81,8 +93,9 @@ def make_passphrase_slot(
     if not passphrase:
         raise WrongPassphrase("an empty passphrase is not allowed")
     params = kdf or new_params()
+    meta = _slot_meta(SlotType.PASSPHRASE, params, created_ns, hostname, label)
     sealed = seal(derive(passphrase, params), master.encryption + master.chunk_id,
-                  _slot_aad(vault_id))
+                  _slot_aad(vault_id, meta))
     return KeySlot(slot_type=SlotType.PASSPHRASE, kdf=params, created_ns=created_ns,
                    hostname=hostname, label=label, sealed=sealed)
 
@@ -92,7 +105,9 @@ def make_recovery_slot(
 ) -> tuple[KeySlot, str]:
     """A slot opened by a new random recovery key; returns the slot and the key's text."""
     secret = os.urandom(RECOVERY_SIZE)
-    sealed = seal(_recovery_kek(secret), master.encryption + master.chunk_id, _slot_aad(vault_id))
+    meta = _slot_meta(SlotType.RECOVERY, None, created_ns, hostname, label)
+    sealed = seal(_recovery_kek(secret), master.encryption + master.chunk_id,
+                  _slot_aad(vault_id, meta))
     slot = KeySlot(slot_type=SlotType.RECOVERY, kdf=None, created_ns=created_ns,
                    hostname=hostname, label=label, sealed=sealed)
     return slot, format_recovery_key(secret)
@@ -118,14 +133,19 @@ def unlock_slot(slot: KeySlot, vault_id: bytes, secret_text: str) -> MasterKeys:
     """Open a slot with a passphrase or recovery key text; raise WrongPassphrase if it fails."""
     if slot.slot_type == SlotType.PASSPHRASE:
         assert slot.kdf is not None
+        if slot.kdf.mem > MAX_UNLOCK_MEM or slot.kdf.ops > MAX_UNLOCK_OPS:
+            # A server could inflate these to make unlocking take minutes and gigabytes.
+            raise WrongPassphrase("key slot asks for an implausibly costly key derivation; "
+                                  "skipped")
         kek = derive(secret_text, slot.kdf)
     else:
         secret = parse_recovery_key(secret_text)
         if secret is None:
             raise WrongPassphrase("not a recovery key")
         kek = _recovery_kek(secret)
+    meta = _slot_meta(slot.slot_type, slot.kdf, slot.created_ns, slot.hostname, slot.label)
     try:
-        raw = open_sealed(kek, slot.sealed, _slot_aad(vault_id), "key slot")
+        raw = open_sealed(kek, slot.sealed, _slot_aad(vault_id, meta), "key slot")
     except IntegrityError as exc:
         raise WrongPassphrase("wrong passphrase") from exc
     if len(raw) != 2 * KEY_SIZE:
@@ -134,13 +154,8 @@ def unlock_slot(slot: KeySlot, vault_id: bytes, secret_text: str) -> MasterKeys:
 
 
 def encode_key_slot(slot: KeySlot) -> bytes:
-    kdf: dict[str, Any] | None = None
-    if slot.kdf is not None:
-        kdf = {"alg": slot.kdf.algorithm, "ops": slot.kdf.ops, "mem": slot.kdf.mem,
-               "salt": slot.kdf.salt}
-    return pack({"magic": "cairn-key", "v": SLOT_VERSION, "type": slot.slot_type, "kdf": kdf,
-                 "created": slot.created_ns, "host": slot.hostname, "label": slot.label,
-                 "sealed": slot.sealed})
+    meta = _slot_meta(slot.slot_type, slot.kdf, slot.created_ns, slot.hostname, slot.label)
+    return pack({**meta, "sealed": slot.sealed})
 
 
 def decode_key_slot(data: bytes, what: str = "key slot") -> KeySlot:

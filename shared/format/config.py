@@ -4,6 +4,7 @@ Stored in plain (so an unknown newer version is refused before any key is asked 
 authenticated with a MAC from the master keys (so a server cannot change the settings).
 """
 
+import hmac
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +75,11 @@ def decode_config(data: bytes) -> VaultConfig:
     if len(vault_id) != 32:
         raise IntegrityError("vault config is damaged: bad vault ID")
     field(body, "mac", bytes, what)
+    avg, low, high = (field(chunker, n, int, what) for n in ("avg", "min", "max"))
+    try:
+        ChunkerParams(avg, low, high)
+    except ValueError as exc:
+        raise UnsupportedFormat(f"vault config: {exc}") from exc
     return VaultConfig(
         vault_id=vault_id, created_ns=field(body, "created", int, what),
         chunk_avg=field(chunker, "avg", int, what), chunk_min=field(chunker, "min", int, what),
@@ -82,7 +88,11 @@ def decode_config(data: bytes) -> VaultConfig:
     )
 
 
-def verify_config(data: bytes, cfg: VaultConfig, mac_key: bytes) -> None:
+def verify_config(data: bytes, mac_key: bytes) -> None:
+    """Check the MAC over the config exactly as stored (unknown fields are covered too)."""
     body = unpack(data, "vault config")
-    if body.get("mac") != _mac(mac_key, _body(cfg)):
+    if not isinstance(body, dict):
+        raise IntegrityError("vault config is damaged: not a map")
+    mac = body.pop("mac", None)
+    if not isinstance(mac, bytes) or not hmac.compare_digest(mac, _mac(mac_key, body)):
         raise IntegrityError("vault config is damaged or was altered: its MAC does not match")

@@ -22,6 +22,10 @@ class IndexSegment:
     supersedes: tuple[ObjectId, ...] = dc_field(default=())
 
 
+def _uint(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
 def encode_index(key: bytes, segment: IndexSegment) -> bytes:
     body = {
         "v": INDEX_VERSION,
@@ -46,8 +50,8 @@ def decode_index(key: bytes, data: bytes, what: str = "index") -> IndexSegment:
         pid = ObjectId(id_bytes(item[0], what))
         entries = []
         for e in item[1]:
-            if (not isinstance(e, list) or len(e) != 5 or e[0] not in (0, 1)
-                    or not all(isinstance(v, int) and v >= 0 for v in (e[2], e[3], e[4]))):
+            if (not isinstance(e, list) or len(e) != 5 or not _uint(e[0]) or e[0] > 1
+                    or not all(_uint(v) for v in (e[2], e[3], e[4])) or e[3] == 0):
                 raise IntegrityError(f"{what} is damaged: bad blob entry")
             entries.append(PackEntry(BlobType(e[0]), ObjectId(id_bytes(e[1], what)), e[2], e[3],
                                      e[4]))

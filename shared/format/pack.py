@@ -101,7 +101,8 @@ def decode_header(key: bytes, sealed: bytes, pack_size: int, what: str) -> list[
         if not isinstance(item, list) or len(item) != 5:
             raise IntegrityError(f"{what} header is damaged: bad entry")
         btype, bid, offset, length, raw = item
-        if btype not in (0, 1) or not all(isinstance(v, int) for v in (offset, length, raw)):
+        if not all(isinstance(v, int) and not isinstance(v, bool)
+                   for v in (btype, offset, length, raw)) or btype not in (0, 1) or raw < 0:
             raise IntegrityError(f"{what} header is damaged: bad entry")
         if offset < 0 or length <= 0 or offset + length > limit:
             raise IntegrityError(f"{what} header is damaged: entry outside the pack")

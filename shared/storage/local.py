@@ -218,18 +218,25 @@ def _read(path: Path, key: ObjectKey, offset: int, length: int | None) -> bytes:
 
 
 def _shard_folders(folder: Path) -> list[Path]:
-    with os.scandir(folder) as entries:
-        return [
-            Path(entry.path)
-            for entry in entries
-            if _SHARD_RE.fullmatch(entry.name) and entry.is_dir()
-        ]
+    try:
+        with os.scandir(folder) as entries:
+            return [
+                Path(entry.path)
+                for entry in entries
+                if _SHARD_RE.fullmatch(entry.name) and entry.is_dir()
+            ]
+    except FileNotFoundError:
+        return []  # no folder: no objects of this kind
 
 
 def _scan(folder: Path, kind: ObjectKind) -> list[ObjectInfo]:
     """The objects in one folder, skipping temp files, junk and packs in the wrong shard."""
     found: list[ObjectInfo] = []
-    with os.scandir(folder) as entries:
+    try:
+        entries = os.scandir(folder)
+    except FileNotFoundError:
+        return found  # no folder (or a shard removed meanwhile): no objects
+    with entries:
         for entry in entries:
             if kind is ObjectKind.PACK and not entry.name.startswith(folder.name):
                 continue

@@ -1,0 +1,108 @@
+"""The client's local cache of immutable metadata objects (index, snapshots, key slots).
+
+Only a cache: every entry is checked against its name (BLAKE3) when read, a bad or missing
+entry is fetched again, and deleting the whole folder is always safe.
+"""
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterable, AsyncIterator
+from pathlib import Path
+
+from shared.hashing import object_id
+from shared.ids import ObjectInfo, ObjectKey, ObjectKind
+from shared.storage.base import ObjectStore
+
+logger = logging.getLogger(__name__)
+
+CACHED_KINDS = frozenset({ObjectKind.INDEX, ObjectKind.SNAPSHOT, ObjectKind.KEY})
+CACHEDIR_TAG = (b"Signature: 8a477f597d28d172789f06886806bc55\n"
+                b"# This file is a cache directory tag created by cairn.\n")
+
+
+class CachingStore:
+    """Wraps a vault's store; whole reads of CACHED_KINDS are served from `root` when valid."""
+
+    def __init__(self, inner: ObjectStore, root: Path) -> None:
+        self.inner = inner
+        self.root = root
+
+    def _path(self, key: ObjectKey) -> Path:
+        return self.root / key.kind.value / key.name
+
+    def _read(self, key: ObjectKey) -> bytes | None:
+        try:
+            data = self._path(key).read_bytes()
+        except OSError:
+            return None
+        if object_id(data).hex() != key.name:
+            logger.info("cache entry %s is damaged; fetching it again", key)
+            return None
+        return data
+
+    def _write(self, key: ObjectKey, data: bytes) -> None:
+        path = self._path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tag = self.root.parent / "CACHEDIR.TAG"
+            if not tag.exists():
+                tag.write_bytes(CACHEDIR_TAG)
+            tmp = path.with_name(f".{key.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except OSError as exc:  # a cache that cannot be written is no reason to fail
+            logger.debug("cannot write cache entry %s: %s", key, exc)
+
+    async def put(self, key: ObjectKey, data: bytes | AsyncIterable[bytes]) -> None:
+        await self.inner.put(key, data)
+        if key.kind in CACHED_KINDS and isinstance(data, bytes):
+            await asyncio.to_thread(self._write, key, data)
+
+    async def get(self, key: ObjectKey, *, offset: int = 0, length: int | None = None) -> bytes:
+        whole = offset == 0 and length is None
+        if whole and key.kind in CACHED_KINDS:
+            cached = await asyncio.to_thread(self._read, key)
+            if cached is not None:
+                return cached
+            data = await self.inner.get(key)
+            if object_id(data).hex() == key.name:
+                await asyncio.to_thread(self._write, key, data)
+            return data
+        return await self.inner.get(key, offset=offset, length=length)
+
+    async def stat(self, key: ObjectKey) -> ObjectInfo:
+        return await self.inner.stat(key)
+
+    async def list(self, kind: ObjectKind) -> AsyncIterator[ObjectInfo]:
+        names = set()
+        async for info in self.inner.list(kind):
+            names.add(info.key.name)
+            yield info
+        if kind in CACHED_KINDS:
+            await asyncio.to_thread(self._forget_except, kind, names)
+
+    def _forget_except(self, kind: ObjectKind, names: set[str]) -> None:
+        """Drop cache entries of objects the vault no longer has."""
+        folder = self.root / kind.value
+        try:
+            entries = list(folder.iterdir())
+        except OSError:
+            return
+        for entry in entries:
+            if entry.name not in names:
+                try:
+                    entry.unlink()
+                except OSError:
+                    pass
+
+    async def delete(self, key: ObjectKey) -> None:
+        await self.inner.delete(key)
+        if key.kind in CACHED_KINDS:
+            try:
+                self._path(key).unlink()
+            except OSError:
+                pass
+
+    async def close(self) -> None:
+        await self.inner.close()
