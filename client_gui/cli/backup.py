@@ -3,13 +3,12 @@
 import argparse
 import os
 
-from shared.errors import UsageError
-
 from client_gui.cli.context import Context
 from client_gui.cli.output import human_duration, human_size
 from client_gui.engine.backup import BackupPlan, backup
 from client_gui.engine.exclude import load_exclude_file
 from client_gui.engine.progress import CancelToken
+from shared.errors import UsageError
 
 
 def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:

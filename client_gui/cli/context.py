@@ -14,15 +14,14 @@ from pathlib import Path
 
 import platformdirs
 
-from shared.errors import NotAVault, UsageError, WrongPassphrase
-from shared.format.config import VaultConfig
-from shared.storage.base import ObjectStore
-from shared.storage.local import LocalStore
-
 from client_gui.cli.output import Output
 from client_gui.engine.cache import CachingStore
 from client_gui.engine.secrets import KeyringSecretStore, SecretStore, vault_account
 from client_gui.engine.vault import Vault
+from shared.errors import NotAVault, UsageError, WrongPassphrase
+from shared.format.config import VaultConfig
+from shared.storage.base import ObjectStore
+from shared.storage.local import LocalStore
 
 
 class Context:

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import platformdirs
 
-from shared.errors import CairnError
-
 from client_gui.cli import backup, browse, restore, vault
 from client_gui.cli.context import Context
 from client_gui.cli.output import Output
 from client_gui.engine.progress import CancelToken
+from shared.errors import CairnError
 
 logger = logging.getLogger("client_gui.cli")
 

@@ -7,7 +7,7 @@ engine dataclasses the GUI receives.
 import json
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, TextIO
 
 from client_gui.engine.progress import (
@@ -36,7 +36,7 @@ def human_duration(seconds: float) -> str:
 
 def format_time(time_ns: int, tz_offset: int | None = None) -> str:
     tz = timezone(timedelta(seconds=tz_offset)) if tz_offset is not None else None
-    dt = datetime.fromtimestamp(time_ns / 1e9, tz=tz or timezone.utc)
+    dt = datetime.fromtimestamp(time_ns / 1e9, tz=tz or UTC)
     return (dt if tz else dt.astimezone()).strftime("%Y-%m-%d %H:%M:%S")
 
 
@@ -110,11 +110,13 @@ class Output:
         from rich.progress import (
             BarColumn,
             DownloadColumn,
-            Progress as RichProgress,
             TextColumn,
             TimeElapsedColumn,
             TimeRemainingColumn,
             TransferSpeedColumn,
+        )
+        from rich.progress import (
+            Progress as RichProgress,
         )
 
         if self._bar is None:

@@ -5,9 +5,6 @@ import re
 from datetime import timedelta
 from typing import Any
 
-from shared.errors import DamageFound, NotAVault, UsageError, VaultExists
-from shared.storage.local import LocalStore
-
 from client_gui.cli.context import Context
 from client_gui.cli.output import format_time, human_size
 from client_gui.engine import browse
@@ -18,6 +15,8 @@ from client_gui.engine.prune import prune
 from client_gui.engine.retention import RetentionRules
 from client_gui.engine.secrets import vault_account
 from client_gui.engine.vault import Vault
+from shared.errors import DamageFound, NotAVault, UsageError, VaultExists
+from shared.storage.local import LocalStore
 
 
 def parse_duration(text: str) -> timedelta:
@@ -213,7 +212,8 @@ async def run_check(ctx: Context, cancel: CancelToken) -> int:
               "blobs": report.blobs, "packs": report.packs, "bytes_read": report.bytes_read,
               "warnings": list(report.warnings),
               "damage": [{"kind": d.kind, "object": d.object, "message": d.message,
-                          "snapshots": list(d.snapshots), "paths": list(d.paths)}
+                          "snapshots": list(d.snapshots), "paths": list(d.paths),
+                          "more_paths": d.more_paths}
                          for d in report.damage]})
     for w in report.warnings:
         out.line(f"warning: {w}")
@@ -223,6 +223,8 @@ async def run_check(ctx: Context, cancel: CancelToken) -> int:
             out.line(f"  snapshots affected: {', '.join(s[:8] for s in d.snapshots)}")
         for path in d.paths:
             out.line(f"  file affected: {path}")
+        if d.more_paths:
+            out.line(f"  ... and {d.more_paths} more")
     out.line(f"checked {report.snapshots} snapshots, {report.trees} trees, {report.blobs} "
              f"blobs, {report.packs} packs ({human_size(report.bytes_read)} read)")
     if not report.ok:

@@ -18,15 +18,6 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from shared.chunking import FastCdcChunker
-from shared.errors import CairnError, Cancelled, InternalError, PermissionDenied, UsageError
-from shared.format.blob import encode_blob
-from shared.format.pack import PackEntry, PackWriter
-from shared.format.snapshot import Snapshot, SnapshotStats
-from shared.format.tree import Node, NodeType, encode_tree
-from shared.hashing import keyed_id
-from shared.ids import BlobType, ObjectId, ObjectKey, ObjectKind
-
 from client_gui.engine.exclude import Excluder, is_cache_dir
 from client_gui.engine.progress import (
     BackupProgress,
@@ -37,6 +28,14 @@ from client_gui.engine.progress import (
     Throttle,
 )
 from client_gui.engine.vault import SnapshotRef, Vault, hostname, username
+from shared.chunking import FastCdcChunker
+from shared.errors import CairnError, Cancelled, InternalError, PermissionDenied, UsageError
+from shared.format.blob import encode_blob
+from shared.format.pack import PackEntry, PackWriter
+from shared.format.snapshot import Snapshot, SnapshotStats
+from shared.format.tree import Node, NodeType, encode_tree
+from shared.hashing import keyed_id
+from shared.ids import BlobType, ObjectId, ObjectKey, ObjectKind
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -67,7 +66,7 @@ class BackupPlan:
     hostname: str = ""
     parent: str | None = None  # snapshot spec; default: latest of this host with these paths
     checkpoint_interval: float = CHECKPOINT_INTERVAL
-    read_retries: int = READ_RETRIES
+    read_retries: int = READ_RETRIES  # reads after the first of a file that changed while read
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,12 +103,14 @@ class _Stats:
 def _abs_paths(paths: tuple[str, ...]) -> list[bytes]:
     """Absolute, normalised byte paths; nested duplicates dropped; missing ones refused."""
     out: list[bytes] = []
-    for p in paths:
-        raw = os.path.normpath(os.path.abspath(os.fsencode(p)))
+    for given in paths:
+        raw = os.path.normpath(os.path.abspath(os.fsencode(given)))
         if not os.path.lexists(raw):
-            raise UsageError(f"path not found: {p}")
+            raise UsageError(f"path not found: {given}")
         out.append(raw)
-    out.sort()
+    # Sort by components, not bytes: b"/a-b" sorts between b"/a" and b"/a/b" as bytes, which
+    # hid b"/a/b" from the check against the last kept path.
+    out.sort(key=lambda p: p.split(b"/"))
     kept: list[bytes] = []
     for p in out:
         if kept and (p == kept[-1] or p.startswith(kept[-1].rstrip(b"/") + b"/")):
@@ -131,11 +132,17 @@ async def backup(vault: Vault, plan: BackupPlan, *, progress: ProgressSink | Non
     paths = _abs_paths(plan.paths)
     run = _BackupRun(vault, plan, paths, asyncio.get_running_loop(), progress or NullSink(),
                      cancel or CancelToken())
-    await run.prepare()
     try:
-        return await asyncio.to_thread(run.run)
+        await run.prepare()
+        run.walk = run.control_pool.submit(run.run)
+        return await asyncio.wrap_future(run.walk)
+    except BaseException:
+        run.stop()  # also when this task is cancelled: the threads must not go on alone
+        raise
     finally:
-        run.shutdown()
+        # Waiting for the threads happens off the loop, which they may need to finish a step.
+        await asyncio.wrap_future(run.control_pool.submit(run.shutdown))
+        run.control_pool.shutdown(wait=True)  # both its threads are idle by now
 
 
 class _BackupRun:
@@ -176,6 +183,10 @@ class _BackupRun:
         self.seal_slots = threading.BoundedSemaphore(SEAL_WORKERS * SEALS_IN_FLIGHT_PER_WORKER)
         self.file_slots = threading.BoundedSemaphore(FILES_IN_FLIGHT)
         self.error: BaseException | None = None
+        # The walk and the final shutdown get threads of their own, not the loop's default
+        # executor: they wait for coroutines (uploads, tree loads) that may need that executor.
+        self.control_pool = ThreadPoolExecutor(2, thread_name_prefix="cairn-walk")
+        self.walk: Future[BackupResult] | None = None
         self.file_pool = ThreadPoolExecutor(FILE_WORKERS, thread_name_prefix="cairn-read")
         self.seal_pool = ThreadPoolExecutor(SEAL_WORKERS, thread_name_prefix="cairn-seal")
         self.stack: list[_Frame] = []
@@ -194,7 +205,8 @@ class _BackupRun:
 
     async def prepare(self) -> None:
         await self.vault.load_index()
-        recovered = {pid: self.vault.index.packs[pid] for pid in self.vault.unindexed_packs}
+        recovered = {pid: self.vault.index.packs[pid] for pid in self.vault.unindexed_packs
+                     if pid in self.vault.index.packs}
         self.pending_index.update(recovered)
         await self._load_markers()
         refs = await self.vault.list_snapshots()
@@ -209,7 +221,7 @@ class _BackupRun:
     async def _load_markers(self) -> None:
         markers = await self.vault.load_deletions()
         self.marked_packs = {p for m in markers.values() for p in m.packs}
-        known = set()
+        known: set[bytes] = set()
         for pid, entries in self.vault.index.packs.items():
             if pid not in self.marked_packs:
                 known.update(e.id.raw for e in entries)
@@ -217,10 +229,21 @@ class _BackupRun:
             # Blobs this run added stay known (their packs are new and unmarked).
             self.known = known | (self.known - self.vault.index.raw_ids())
 
-    def shutdown(self) -> None:
-        self.cancel_pools()
+    def stop(self) -> None:
+        """Make every thread of this run stop at its next check, and drop pending uploads.
 
-    def cancel_pools(self) -> None:
+        The caller's CancelToken is left alone: it belongs to the caller.
+        """
+        self._fail(Cancelled("the backup was stopped"))
+        with self.futures_lock:
+            uploads = list(self.uploads)
+        for fut in uploads:
+            fut.cancel()
+
+    def shutdown(self) -> None:
+        """Wait until the walk and every worker thread have stopped."""
+        if self.walk is not None:
+            wait([self.walk])
         self.file_pool.shutdown(wait=True, cancel_futures=True)
         self.seal_pool.shutdown(wait=True, cancel_futures=True)
 
@@ -265,6 +288,14 @@ class _BackupRun:
                 return False
             self.known.add(blob_id.raw)
             return True
+
+    def _reuse(self, node: Node) -> bool:
+        """True if every chunk of `node` is stored (or being stored); marks them used."""
+        with self.known_lock:
+            if not all(c.raw in self.known for c in node.content):
+                return False
+        self.used.update(c.raw for c in node.content)
+        return True
 
     def _owner(self, st: os.stat_result) -> tuple[str, str]:
         user = self.users.get(st.st_uid)
@@ -398,6 +429,7 @@ class _BackupRun:
             pending, self.pending_index = self.pending_index, {}
         if pending:
             self._await(self.vault.save_index(pending))
+            self.vault.unindexed_packs.difference_update(pending)  # indexed now
 
     def _save_tree(self, nodes: list[Node]) -> ObjectId:
         data = encode_tree(nodes)
@@ -414,6 +446,8 @@ class _BackupRun:
     # ---- files ----------------------------------------------------------------------------
 
     def _open(self, path: bytes) -> int:
+        # O_NONBLOCK: if a FIFO took the file's place since lstat, open must not wait for a
+        # writer (the type check after it reports the change); regular files ignore it.
         flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
         noatime = getattr(os, "O_NOATIME", 0)
         if noatime:
@@ -436,7 +470,7 @@ class _BackupRun:
 
     def _read_file_inner(self, path: bytes, name: bytes, parent: Node | None) -> Node | None:
         chunker = FastCdcChunker(self.chunker_params)
-        for attempt in range(self.plan.read_retries):
+        for attempt in range(1 + max(0, self.plan.read_retries)):
             try:
                 fd = self._open(path)
             except OSError as exc:
@@ -471,7 +505,7 @@ class _BackupRun:
                 return self._node(name, NodeType.FILE, after, size=size, content=tuple(content),
                                   xattrs=self._xattrs(path))
             logger.info("%s changed while read (attempt %d), reading again", path, attempt + 1)
-        if parent is not None and parent.type == NodeType.FILE:
+        if parent is not None and parent.type == NodeType.FILE and self._reuse(parent):
             self._problem(path, "kept changing while being read; the previous version is kept",
                           "changed")
             return parent
@@ -482,16 +516,12 @@ class _BackupRun:
               parent: Node | None) -> "Node | Future[Node | None]":
         if (parent is not None and parent.type == NodeType.FILE and parent.size == st.st_size
                 and parent.mtime_ns == st.st_mtime_ns and parent.ctime_ns == st.st_ctime_ns
-                and parent.inode == st.st_ino):
-            with self.known_lock:
-                reusable = all(c.raw in self.known for c in parent.content)
-            if reusable:
-                self.used.update(c.raw for c in parent.content)
-                with self.stats_lock:
-                    self.stats.unchanged_files += 1
-                if st.st_nlink > 1:
-                    self.hardlinks.setdefault((st.st_dev, st.st_ino), parent)
-                return parent
+                and parent.inode == st.st_ino and self._reuse(parent)):
+            with self.stats_lock:
+                self.stats.unchanged_files += 1
+            if st.st_nlink > 1:
+                self.hardlinks.setdefault((st.st_dev, st.st_ino), parent)
+            return parent
         link_key = (st.st_dev, st.st_ino)
         if st.st_nlink > 1 and link_key in self.hardlinks:
             first = self.hardlinks[link_key]
@@ -589,13 +619,16 @@ class _BackupRun:
         nodes = self._resolve(frame)
         with self.stats_lock:
             self.stats.dirs += 1
-        if parent is not None and parent.subtree is not None and len(nodes) == len(
-                parent_nodes) and all(n is parent_nodes.get(n.name) for n in nodes):
+        with self.known_lock:  # a tree in a pack marked for deletion is stored again
+            parent_tree_known = parent is not None and parent.subtree is not None and \
+                parent.subtree.raw in self.known
+        if parent is not None and parent.subtree is not None and parent_tree_known and len(
+                nodes) == len(parent_nodes) and all(n is parent_nodes.get(n.name) for n in nodes):
             tree_id = parent.subtree
             self.used.add(tree_id.raw)
         else:
             tree_id = self._save_tree(nodes)
-        return self._node(name, NodeType.DIR, st, subtree=tree_id)
+        return self._node(name, NodeType.DIR, st, subtree=tree_id, xattrs=self._xattrs(path))
 
     def _resolve(self, frame: _Frame) -> list[Node]:
         nodes = []
@@ -671,12 +704,38 @@ class _BackupRun:
         self._await(self._load_markers())
         self.last_checkpoint = time.monotonic()
 
-    def _snapshot(self, root: ObjectId, *, checkpoint: bool) -> Snapshot:
-        packs = set()
+    def _used_packs(self) -> set[ObjectId]:
+        """The packs holding the blobs used so far (the snapshot's plain pack list).
+
+        The index gives one location per blob, maybe in a pack marked for deletion while the
+        blob was stored again elsewhere: name the unmarked copy then. A blob found only in
+        marked packs was used before the marker was seen; its pack is named (FORMAT.md §16.4).
+        """
+        index = self.vault.index
+        packs: set[ObjectId] = set()
+        in_marked: dict[bytes, ObjectId] = {}
         for raw in self.used:
-            loc = self.vault.index.get(ObjectId(raw))
-            if loc is not None:
+            loc = index.get(ObjectId(raw))
+            if loc is None:
+                continue
+            if loc.pack in self.marked_packs:
+                in_marked[raw] = loc.pack
+            else:
                 packs.add(loc.pack)
+        if in_marked:
+            for pid, entries in index.packs.items():
+                if pid in self.marked_packs:
+                    continue
+                found = [e.id.raw for e in entries if e.id.raw in in_marked]
+                if found:
+                    packs.add(pid)
+                    for raw in found:
+                        in_marked.pop(raw, None)
+            packs.update(in_marked.values())
+        return packs
+
+    def _snapshot(self, root: ObjectId, *, checkpoint: bool) -> Snapshot:
+        packs = self._used_packs()
         s = self.stats
         now = time.time()
         offset = int(time.localtime(now).tm_gmtoff)
@@ -720,6 +779,6 @@ class _BackupRun:
                         snap.stats.files, snap.stats.new_bytes, len(self.problems))
             return BackupResult(sid, snap, tuple(self.problems))
         except BaseException:
-            self.cancel.cancel()  # stop the readers and sealers promptly
+            self.stop()  # stop the readers and sealers promptly
             raise
 

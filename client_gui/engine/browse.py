@@ -5,12 +5,11 @@ import re
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
+from client_gui.engine.vault import SnapshotRef, Vault
+from client_gui.engine.walk import join, lookup, split_path, walk
 from shared.errors import UsageError
 from shared.format.tree import Node, NodeType
 from shared.ids import ObjectId
-
-from client_gui.engine.vault import SnapshotRef, Vault
-from client_gui.engine.walk import join, lookup, split_path, walk
 
 
 @dataclass(frozen=True, slots=True)

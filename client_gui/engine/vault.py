@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from shared.chunking import DEFAULT_AVG, DEFAULT_MAX, DEFAULT_MIN
+from shared.compression import DEFAULT_LEVEL
 from shared.crypto.kdf import KdfParams
 from shared.crypto.keys import (
     KeySlot,
@@ -24,8 +26,6 @@ from shared.crypto.keys import (
     parse_recovery_key,
     unlock_slot,
 )
-from shared.chunking import DEFAULT_AVG, DEFAULT_MAX, DEFAULT_MIN
-from shared.compression import DEFAULT_LEVEL
 from shared.errors import (
     CairnError,
     IntegrityError,
@@ -40,8 +40,13 @@ from shared.format.blob import decode_blob
 from shared.format.config import VaultConfig, decode_config, encode_config, verify_config
 from shared.format.deletion import DeletionMarker, decode_deletion
 from shared.format.index import IndexSegment, decode_index, encode_index
-from shared.format.pack import DEFAULT_PACK_SIZE, TRAILER_SIZE, PackEntry, decode_header
-from shared.format.pack import header_length
+from shared.format.pack import (
+    DEFAULT_PACK_SIZE,
+    TRAILER_SIZE,
+    PackEntry,
+    decode_header,
+    header_length,
+)
 from shared.format.snapshot import Snapshot, decode_snapshot, encode_snapshot
 from shared.format.tree import Node, decode_tree
 from shared.hashing import keyed_id, object_id

@@ -5,10 +5,9 @@ Paths are raw bytes relative to the snapshot root, without a leading slash (b"ho
 
 from collections.abc import AsyncIterator
 
+from client_gui.engine.vault import Vault
 from shared.format.tree import Node, NodeType
 from shared.ids import ObjectId
-
-from client_gui.engine.vault import Vault
 
 
 def join(parent: bytes, name: bytes) -> bytes:

@@ -4,7 +4,8 @@ An index object is sealed msgpack {"v": 1, "packs": [[pack_id, [[type, id, off, 
 "supersedes": [index_id...]}. Readers take the union of all segments, minus superseded ones.
 """
 
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 
 from shared.errors import IntegrityError, UnsupportedFormat
 from shared.format.blob import decode_sealed, encode_sealed

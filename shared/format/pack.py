@@ -82,7 +82,7 @@ def header_length(trailer: bytes) -> int:
     """The sealed header's length, from the pack's last 4 bytes."""
     if len(trailer) != TRAILER_SIZE:
         raise IntegrityError("pack is damaged: truncated trailer")
-    (n,) = struct.unpack("<I", trailer)
+    n: int = struct.unpack("<I", trailer)[0]
     if n > MAX_HEADER:
         raise IntegrityError("pack is damaged: implausible header length")
     return n

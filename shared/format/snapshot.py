@@ -5,7 +5,8 @@
 The plain pack list lets a server find unused packs without keys (docs/FORMAT.md, threat model).
 """
 
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from typing import Any
 
 from shared.errors import IntegrityError, UnsupportedFormat

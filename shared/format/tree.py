@@ -96,7 +96,7 @@ def _decode_node(raw: Any, what: str) -> Node:
     if not isinstance(raw, dict) or not isinstance(raw.get("n"), bytes):
         raise IntegrityError(f"{what} is damaged: bad node")
     try:
-        ntype = NodeType(raw.get("t"))
+        ntype = NodeType(str(raw.get("t")))
     except ValueError as exc:
         raise IntegrityError(f"{what} is damaged: unknown node type") from exc
     kwargs: dict[str, Any] = {"name": raw["n"], "type": ntype}

@@ -30,6 +30,8 @@ from client_gui.engine.vault import Vault
 from client_gui.engine.walk import lookup, walk
 from shared.chunking import ChunkerParams, FastCdcChunker
 from shared.errors import Cancelled, NoSuchSnapshot, StorageError, UsageError
+from shared.format.deletion import DeletionMarker, encode_deletion
+from shared.format.snapshot import Snapshot
 from shared.format.tree import Node, NodeType
 from shared.ids import BlobType, ObjectId, ObjectInfo, ObjectKey, ObjectKind
 from shared.storage.base import ObjectStore
@@ -95,6 +97,25 @@ async def assert_complete(vault: Vault, tree: ObjectId) -> int:
             await content(vault, node)
             files += 1
     return files
+
+
+async def assert_packs_listed(vault: Vault, snap: Snapshot) -> None:
+    """Every blob the snapshot reaches lives in a pack of its plain pack list."""
+    listed: set[bytes] = set()
+    for pid in snap.packs:
+        listed |= {e.id.raw for e in vault.index.packs[pid]}
+    needed = {snap.tree.raw}
+    for node in (await nodes_of(vault, snap.tree)).values():
+        needed |= {c.raw for c in node.content}
+        if node.subtree is not None:
+            needed.add(node.subtree.raw)
+    assert needed <= listed
+
+
+async def mark_for_deletion(vault: Vault, packs: set[ObjectId]) -> None:
+    """What phase one of a prune writes: a deletion marker naming `packs`."""
+    marker = DeletionMarker(time.time_ns(), tuple(sorted(packs)))
+    await vault.put_object(ObjectKind.DELETION, encode_deletion(marker))
 
 
 async def snapshot_ids(root: Path) -> set[str]:
@@ -253,6 +274,21 @@ class CountingStore(WrappedStore):
 
     def put_of(self, kind: ObjectKind) -> list[ObjectKey]:
         return [k for k in self.puts if k.kind == kind]
+
+
+class FailingAfterSnapshot(WrappedStore):
+    """Works until a snapshot is stored, then fails every pack put (a crash after a checkpoint)."""
+
+    def __init__(self, inner: ObjectStore) -> None:
+        super().__init__(inner)
+        self.snapshot_stored = False
+
+    async def put(self, key: ObjectKey, data: bytes | AsyncIterable[bytes]) -> None:
+        if key.kind == ObjectKind.PACK and self.snapshot_stored:
+            raise StorageError("the disk went away")
+        await super().put(key, data)
+        if key.kind == ObjectKind.SNAPSHOT:
+            self.snapshot_stored = True
 
 
 class FailingPacks(WrappedStore):
@@ -522,14 +558,7 @@ async def test_backup_records_plan_details_in_snapshot(tmp_path: Path,
     assert snap.program.startswith("cairn")
     loaded = await vault.load_snapshot(result.snapshot_id)
     assert loaded == snap
-    # The plain pack list names every pack the snapshot needs.
-    needed = set()
-    for node in (await nodes_of(vault, snap.tree)).values():
-        for blob in (*node.content, *([node.subtree] if node.subtree else [])):
-            loc = vault.index.get(blob)
-            assert loc is not None
-            needed.add(loc.pack)
-    assert needed <= set(snap.packs)
+    await assert_packs_listed(vault, snap)  # the plain pack list names every pack needed
 
 
 # ---- incremental backups --------------------------------------------------------------------
@@ -972,6 +1001,42 @@ async def test_backup_of_file_growing_in_background_is_never_torn(
         assert final.startswith(stored[b"log"])
 
 
+async def test_backup_does_not_hang_on_file_replaced_by_fifo(
+        tmp_path: Path, vault_factory: VaultFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = make_tree(tmp_path / "src", {"a": "a", "swap": "s"})
+    swap = os.fsencode(src / "swap")
+    vault, _ = await vault_factory.create()
+    real_lstat = os.lstat
+
+    def lstat(path: Any, *args: Any, **kwargs: Any) -> Any:
+        st = real_lstat(path, *args, **kwargs)
+        if os.fsencode(path) == swap and stat.S_ISREG(st.st_mode):
+            os.unlink(swap)  # replaced by a FIFO right after the walk looked at it
+            os.mkfifo(swap)
+        return st
+
+    hung: list[bool] = []
+
+    def unblock() -> None:  # a safety net only: fires if a reader waits for a FIFO writer
+        hung.append(True)
+        try:
+            os.close(os.open(swap, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+
+    monkeypatch.setattr(os, "lstat", lstat)
+    watchdog = threading.Timer(30, unblock)
+    watchdog.start()
+    try:
+        result = await backup(vault, plan(src))
+    finally:
+        watchdog.cancel()
+        monkeypatch.undo()
+    assert not hung
+    assert [(p.path, p.code) for p in result.problems] == [(str(src / "swap"), "changed")]
+    assert await contents(vault, result.snapshot.tree, src) == {b"a": b"a"}
+
+
 async def test_backup_of_missing_path_writes_nothing(tmp_path: Path,
                                                      vault_factory: VaultFactory) -> None:
     src = make_tree(tmp_path / "src", {"a": "a"})
@@ -1068,6 +1133,73 @@ async def test_backup_checkpoints_stay_on_append_only_store_and_are_complete(
     # The next backup builds on the final snapshot (the latest), not on a checkpoint.
     again = await backup(fresh, plan(src))
     assert again.snapshot.parent == result.snapshot_id
+
+
+async def test_backup_crash_after_checkpoint_leaves_a_usable_checkpoint(
+        tmp_path: Path, vault_factory: VaultFactory) -> None:
+    src = tmp_path / "src"
+    _tree_with_shared_chunks(src)
+    _, root = await vault_factory.create()
+    crashing = await vault_factory.open(root, FailingAfterSnapshot)
+    with pytest.raises(StorageError, match="went away"):
+        await backup(crashing, plan(src, checkpoint_interval=0.0001))
+
+    fresh = await vault_factory.open(root)
+    refs = await fresh.list_snapshots()
+    assert len(refs) == 1 and refs[0].snapshot.checkpoint
+    checkpoint = refs[0]
+    files = await assert_complete(fresh, checkpoint.snapshot.tree)
+    await assert_packs_listed(fresh, checkpoint.snapshot)
+
+    result = await backup(fresh, plan(src))
+    assert result.snapshot.parent == checkpoint.id
+    assert result.snapshot.stats.unchanged_files == files
+    final = await vault_factory.open(root)
+    assert await contents(final, result.snapshot.tree, src) == disk_contents(src)
+
+
+# ---- deletion markers -----------------------------------------------------------------------
+
+
+async def test_backup_stores_again_blobs_held_only_in_marked_packs(
+        tmp_path: Path, vault_factory: VaultFactory, reads: ReadCounter) -> None:
+    src = make_tree(tmp_path / "src", {"a": random_bytes(300_000, 50), "sub/b": "b"})
+    vault, root = await vault_factory.create()
+    await backup(vault, plan(src))
+    marked = set(await vault.list_packs())
+    await mark_for_deletion(vault, marked)
+    reads.inodes.clear()
+
+    again = await vault_factory.open(root)
+    second = await backup(again, plan(src))
+
+    assert len(reads.inodes) == 2  # their contents were only in marked packs
+    assert not marked & set(second.snapshot.packs)
+    fresh = await vault_factory.open(root)
+    await assert_packs_listed(fresh, second.snapshot)
+    assert await contents(fresh, second.snapshot.tree, src) == disk_contents(src)
+
+
+async def test_backup_does_not_reuse_folder_tree_from_marked_pack(
+        tmp_path: Path, vault_factory: VaultFactory, reads: ReadCounter) -> None:
+    src = make_tree(tmp_path / "src", {"a": "a", "b": "b"})  # files only: its tree is reusable
+    vault, root = await vault_factory.create()
+    first = await backup(vault, plan(src))
+    tree_packs = {pid for pid, entries in vault.index.packs.items()
+                  if entries[0].type == BlobType.TREE}
+    await mark_for_deletion(vault, tree_packs)
+    reads.inodes.clear()
+
+    again = await vault_factory.open(root)
+    second = await backup(again, plan(src))
+
+    assert reads.inodes == []  # the data packs are not marked: files are unchanged
+    assert not tree_packs & set(second.snapshot.packs)
+    fresh = await vault_factory.open(root)
+    await assert_packs_listed(fresh, second.snapshot)
+    # The same tree (same ID), stored again in a pack the snapshot lists.
+    src_node = await lookup(fresh, second.snapshot.tree, rel(src))
+    assert src_node == await lookup(fresh, first.snapshot.tree, rel(src))
 
 
 # ---- interrupted backups --------------------------------------------------------------------

@@ -167,7 +167,7 @@ def test_vectors_config_decodes() -> None:
 
 def test_vectors_config_mac_verifies() -> None:
     data = golden("config")
-    cfg = decode_config(data)
+    decode_config(data)
     verify_config(data, KEYS.config_mac)
     with pytest.raises(IntegrityError):
         verify_config(data, bytes(32))
