@@ -230,22 +230,25 @@ class _BackupRun:
             self.known = known | (self.known - self.vault.index.raw_ids())
 
     def stop(self) -> None:
-        """Make every thread of this run stop at its next check, and drop pending uploads.
+        """Make every thread of this run stop at its next check.
 
         The caller's CancelToken is left alone: it belongs to the caller.
         """
         self._fail(Cancelled("the backup was stopped"))
-        with self.futures_lock:
-            uploads = list(self.uploads)
-        for fut in uploads:
-            fut.cancel()
 
     def shutdown(self) -> None:
-        """Wait until the walk and every worker thread have stopped."""
+        """Wait until the walk, every worker thread and every upload have ended.
+
+        Uploads in flight (at most UPLOADS_IN_FLIGHT packs) are let finish, not cancelled: a
+        stored pack is recovered by the next backup, and no put outlives backup().
+        """
         if self.walk is not None:
             wait([self.walk])
         self.file_pool.shutdown(wait=True, cancel_futures=True)
         self.seal_pool.shutdown(wait=True, cancel_futures=True)
+        with self.futures_lock:
+            uploads = set(self.uploads)
+        wait(uploads)
 
     # ---- helpers across threads -----------------------------------------------------------
 
@@ -448,7 +451,7 @@ class _BackupRun:
     def _open(self, path: bytes) -> int:
         # O_NONBLOCK: if a FIFO took the file's place since lstat, open must not wait for a
         # writer (the type check after it reports the change); regular files ignore it.
-        flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
         noatime = getattr(os, "O_NOATIME", 0)
         if noatime:
             try:
@@ -459,7 +462,15 @@ class _BackupRun:
 
     def _read_file(self, path: bytes, name: bytes, parent: Node | None) -> Node | None:
         try:
-            return self._read_file_inner(path, name, parent)
+            node = self._read_file_inner(path, name, parent)
+            if node is not None:  # files that could not be read are not in the snapshot
+                with self.stats_lock:
+                    self._count_file(node)
+                    if parent is None:
+                        self.stats.new_files += 1
+                    else:
+                        self.stats.changed_files += 1
+            return node
         except (Cancelled, CairnError):
             raise
         except BaseException as exc:
@@ -512,12 +523,21 @@ class _BackupRun:
         self._problem(path, "kept changing while being read; not backed up", "changed")
         return None
 
+    def _count_file(self, node: Node) -> None:
+        """Count a file going into the snapshot (the stats count what the snapshot holds).
+
+        Call with `stats_lock` held.
+        """
+        self.stats.files += 1
+        self.stats.bytes += node.size
+
     def _file(self, path: bytes, name: bytes, st: os.stat_result,
               parent: Node | None) -> "Node | Future[Node | None]":
         if (parent is not None and parent.type == NodeType.FILE and parent.size == st.st_size
                 and parent.mtime_ns == st.st_mtime_ns and parent.ctime_ns == st.st_ctime_ns
                 and parent.inode == st.st_ino and self._reuse(parent)):
             with self.stats_lock:
+                self._count_file(parent)
                 self.stats.unchanged_files += 1
             if st.st_nlink > 1:
                 self.hardlinks.setdefault((st.st_dev, st.st_ino), parent)
@@ -527,13 +547,10 @@ class _BackupRun:
             first = self.hardlinks[link_key]
             first_node = first.result() if isinstance(first, Future) else first
             if first_node is not None:
+                with self.stats_lock:
+                    self._count_file(first_node)  # another name of a file read once
                 return self._node(name, NodeType.FILE, st, size=first_node.size,
                                   content=first_node.content, xattrs=first_node.xattrs)
-        with self.stats_lock:
-            if parent is None:
-                self.stats.new_files += 1
-            else:
-                self.stats.changed_files += 1
         while not self.file_slots.acquire(timeout=0.5):
             self._check()
         try:
@@ -574,9 +591,6 @@ class _BackupRun:
             frame.items.append(self._directory(path, name, st, parent))
         elif stat.S_ISREG(mode):
             frame.items.append(self._file(path, name, st, parent))
-            with self.stats_lock:
-                self.stats.files += 1
-                self.stats.bytes += st.st_size
         elif stat.S_ISLNK(mode):
             try:
                 target = os.readlink(path)

@@ -49,12 +49,17 @@ def _matches(ref: SnapshotRef, host: str | None, tags: Sequence[str]) -> bool:
 
 def _candidate(ref: SnapshotRef) -> Candidate:
     snap = ref.snapshot
-    return Candidate(id=ref.id.hex(), time=snapshot_time(snap.time_ns),
-                     tags=frozenset(snap.tags), checkpoint=snap.checkpoint)
+    return Candidate(
+        id=ref.id.hex(),
+        time=snapshot_time(snap.time_ns),
+        tags=frozenset(snap.tags),
+        checkpoint=snap.checkpoint,
+    )
 
 
-def _groups(refs: Sequence[SnapshotRef], rules: RetentionRules,
-            now: datetime) -> tuple[ForgetGroup, ...]:
+def _groups(
+    refs: Sequence[SnapshotRef], rules: RetentionRules, now: datetime
+) -> tuple[ForgetGroup, ...]:
     grouped: dict[tuple[str, tuple[str, ...]], list[SnapshotRef]] = {}
     for ref in refs:
         names = [os.fsdecode(p) for p in ref.snapshot.paths]
@@ -103,8 +108,12 @@ async def forget(
             if ref.id.hex() not in removed:
                 removed.append(ref.id.hex())
 
-    logger.info("forget: %s %d of %d snapshot(s)", "would remove" if dry_run else "removing",
-                len(removed), len(refs))
+    logger.info(
+        "forget: %s %d of %d snapshot(s)",
+        "would remove" if dry_run else "removing",
+        len(removed),
+        len(refs),
+    )
     if not dry_run:
         for name in removed:
             try:

@@ -80,23 +80,40 @@ async def prune(
     A pack is repacked when more than `repack_threshold` of its blob bytes are unneeded.
     `grace` is how long a marked pack waits before it may be deleted; it must exceed the
     longest time a running backup goes without writing a checkpoint (suspended laptops
-    included). `grace=0` marks and sweeps in one run: fine for a vault that only one device
-    writes to, UNSAFE while another backup into the same vault is running. `dry_run` reads
-    everything and reports what would happen, but writes and deletes nothing.
+    included) plus the clock difference between devices. `grace=0` marks and sweeps in one
+    run: fine for a vault that only one device writes to, UNSAFE while another backup into
+    the same vault is running. `dry_run` reads everything and reports what would happen, but
+    writes and deletes nothing. Packs listed by a checkpoint snapshot are never marked or
+    swept. Raises DamageFound, before writing anything, if a snapshot or tree is unreadable
+    or a used blob is in no pack; PermissionDenied (append-only store) propagates.
     """
     if grace < timedelta(0):
         raise UsageError("the grace period must not be negative")
     if not 0.0 <= repack_threshold <= 1.0:
         raise UsageError("the repack threshold must be between 0 and 1")
-    run = _PruneRun(vault, grace, repack_threshold, dry_run,
-                    time.time_ns() if now_ns is None else now_ns,
-                    progress or NullSink(), cancel or CancelToken())
+    run = _PruneRun(
+        vault,
+        grace,
+        repack_threshold,
+        dry_run,
+        time.time_ns() if now_ns is None else now_ns,
+        progress or NullSink(),
+        cancel or CancelToken(),
+    )
     return await run.run()
 
 
 class _PruneRun:
-    def __init__(self, vault: Vault, grace: timedelta, threshold: float, dry_run: bool,
-                 now_ns: int, sink: ProgressSink, cancel: CancelToken) -> None:
+    def __init__(
+        self,
+        vault: Vault,
+        grace: timedelta,
+        threshold: float,
+        dry_run: bool,
+        now_ns: int,
+        sink: ProgressSink,
+        cancel: CancelToken,
+    ) -> None:
         self.vault = vault
         self.grace = grace
         self.threshold = threshold
@@ -108,6 +125,7 @@ class _PruneRun:
         self.throttle = Throttle()
         self.start = time.monotonic()
         self.markers: dict[ObjectId, DeletionMarker] = {}
+        self.marker_ages: dict[ObjectId, int] = {}  # when each marker was written, ns
         self.snapshot_ids: set[ObjectId] = set()
         self.sizes: dict[ObjectId, int] = {}  # every existing pack -> its size
         self.holders = _Holders()
@@ -116,6 +134,11 @@ class _PruneRun:
         self.relocated: set[bytes] = set()  # used blobs copied by this run's repack
         self.deleting: set[ObjectId] = set()  # packs this run deletes
         self.supersede: set[ObjectId] = set()  # index segments the new segment replaces
+        self.segments_listed = 0
+        # Packs a checkpoint snapshot lists. A running backup's checkpoint names the packs of
+        # chunks it has read but not yet put in a tree (a file still being read): never
+        # marked or swept while the checkpoint exists, however long that file takes.
+        self.protected: set[ObjectId] = set()
         self.unreadable_segments = 0
         self.index_changed = False  # packs dropped or recovered: the index needs rewriting
 
@@ -123,8 +146,11 @@ class _PruneRun:
 
     def _report(self, phase: str, done: int, total: int, force: bool = False) -> None:
         if force or self.throttle.ready():
-            self.sink.progress(CheckProgress(phase=phase, done=done, total=total,
-                                             elapsed=time.monotonic() - self.start))
+            self.sink.progress(
+                CheckProgress(
+                    phase=phase, done=done, total=total, elapsed=time.monotonic() - self.start
+                )
+            )
 
     async def _load(self) -> None:
         """Markers, then snapshots, then index and packs, then every blob the snapshots use.
@@ -132,25 +158,42 @@ class _PruneRun:
         Snapshots are listed before packs: a snapshot is written after the packs it needs,
         so everything a listed snapshot uses is in the pack listing that follows.
         """
+        # A marker's age counts from the later of its own time (the marking device's clock)
+        # and the time the store says it was written: a clock running behind cannot make it
+        # due early (docs/FORMAT.md, 16.4).
+        stored = {
+            info.key.id: info.mtime async for info in self.vault.store.list(ObjectKind.DELETION)
+        }
         self.markers = await self.vault.load_deletions()
+        for mid, marker in self.markers.items():
+            mtime = stored.get(mid)
+            mtime_ns = 0 if mtime is None else int(mtime * 1e9)
+            self.marker_ages[mid] = max(marker.time_ns, mtime_ns)
         errors: list[tuple[ObjectId, CairnError]] = []
         refs = await self.vault.list_snapshots(errors)
         # A snapshot that vanished between listing and reading was forgotten: not damage.
-        damage = [f"snapshot {sid.short()}: {exc}" for sid, exc in errors
-                  if not isinstance(exc, ObjectNotFound)]
+        damage = [
+            f"snapshot {sid.short()}: {exc}"
+            for sid, exc in errors
+            if not isinstance(exc, ObjectNotFound)
+        ]
         self.snapshot_ids = {r.id for r in refs}
+        self.protected = {p for r in refs if r.snapshot.checkpoint for p in r.snapshot.packs}
 
         listed = {info.key.id async for info in self.vault.store.list(ObjectKind.INDEX)}
         seg_errors = await self.vault.load_index(recover=False)
         bad_segments = {sid for sid, _ in seg_errors}
-        self.unreadable_segments = sum(1 for _, exc in seg_errors
-                                       if not isinstance(exc, ObjectNotFound))
+        self.unreadable_segments = sum(
+            1 for _, exc in seg_errors if not isinstance(exc, ObjectNotFound)
+        )
         self.supersede = (set(self.vault.index.segments) | listed) - bad_segments
+        self.segments_listed = len(self.supersede) + self.unreadable_segments
         self.sizes = await self.vault.list_packs()
         missing = set(self.vault.index.packs) - set(self.sizes)
         if missing:
-            logger.warning("the index names %d pack(s) that do not exist; dropping them",
-                           len(missing))
+            logger.warning(
+                "the index names %d pack(s) that do not exist; dropping them", len(missing)
+            )
             self.vault.index.remove_packs(missing)
             self.index_changed = True
         indexed = set(self.vault.index.packs)
@@ -159,8 +202,10 @@ class _PruneRun:
             self.index_changed = True
         unknown = set(self.sizes) - set(self.vault.index.packs)
         if unknown:
-            logger.warning("%d pack(s) have unreadable headers; prune leaves them alone "
-                           "(run `cairn check`)", len(unknown))
+            logger.warning(
+                "%d pack(s) have unreadable headers; prune leaves them alone (run `cairn check`)",
+                len(unknown),
+            )
         for pid, entries in self.vault.index.packs.items():
             for e in entries:
                 self.holders.add(e.id.raw, pid)
@@ -170,7 +215,8 @@ class _PruneRun:
             raise DamageFound(
                 f"vault has damage: run `cairn check` (and repair) before pruning; prune "
                 f"never deletes on incomplete knowledge. {len(damage)} problem(s), first: "
-                f"{damage[0]}")
+                f"{damage[0]}"
+            )
 
     async def _collect_used(self, refs: list[SnapshotRef], damage: list[str]) -> None:
         """Add every tree and data blob below `refs` to `self.used`; problems go to `damage`."""
@@ -217,8 +263,11 @@ class _PruneRun:
             return False
         logger.info("%d snapshot(s) appeared during prune; taking them into account", len(new))
         # They may use packs uploaded after our listing: read those headers too.
-        fresh = {pid: size for pid, size in (await self.vault.list_packs()).items()
-                 if pid not in self.sizes}
+        fresh = {
+            pid: size
+            for pid, size in (await self.vault.list_packs()).items()
+            if pid not in self.sizes
+        }
         await self.vault.recover_unindexed(fresh)
         for pid in fresh:
             for e in self.vault.index.packs.get(pid, ()):
@@ -234,6 +283,7 @@ class _PruneRun:
                 damage.append(f"snapshot {sid.short()}: {exc}")
         await self._collect_used(refs, damage)
         self.snapshot_ids |= new
+        self.protected.update(p for r in refs if r.snapshot.checkpoint for p in r.snapshot.packs)
         if damage:
             raise _UnreadableNewSnapshot(damage[0])
         return True
@@ -250,13 +300,14 @@ class _PruneRun:
         for pid in packs:
             if pid in self.deleting or pid not in self.sizes:
                 continue  # already chosen, or already gone
+            if pid in self.protected:
+                logger.info("marked pack %s is listed by a checkpoint; keeping it", pid.short())
+                continue
             entries = self.vault.index.packs.get(pid)
             if entries is None:
-                logger.warning("marked pack %s has an unreadable header; keeping it",
-                               pid.short())
+                logger.warning("marked pack %s has an unreadable header; keeping it", pid.short())
                 continue
-            if all(self._lives_elsewhere(e.id.raw, pid) for e in entries
-                   if e.id.raw in self.used):
+            if all(self._lives_elsewhere(e.id.raw, pid) for e in entries if e.id.raw in self.used):
                 self.deleting.add(pid)
                 chosen.append(pid)
             else:
@@ -273,8 +324,9 @@ class _PruneRun:
         staying = [q for q in self.holders.of(raw) if q not in excluded]
         return min(staying) if staying else None
 
-    def _plan(self, excluded: set[ObjectId]) -> tuple[list[ObjectId],
-                                                      list[tuple[ObjectId, list[PackEntry]]]]:
+    def _plan(
+        self, excluded: set[ObjectId]
+    ) -> tuple[list[ObjectId], list[tuple[ObjectId, list[PackEntry]]]]:
         """Packs to mark (nothing in them is needed) and packs to repack (with what to keep).
 
         A blob stored in several packs is needed only in its keeper, so duplicates are
@@ -287,8 +339,13 @@ class _PruneRun:
             if pid in excluded or pid not in self.sizes:
                 continue
             entries = self.vault.index.packs[pid]
-            needed = list({e.id.raw: e for e in entries if e.id.raw in self.used
-                           and self._keeper(e.id.raw, excluded) == pid}.values())
+            needed = list(
+                {
+                    e.id.raw: e
+                    for e in entries
+                    if e.id.raw in self.used and self._keeper(e.id.raw, excluded) == pid
+                }.values()
+            )
             if not needed:
                 unneeded.append(pid)
                 continue
@@ -304,13 +361,12 @@ class _PruneRun:
         """The sealed bytes of `needed`, each opened once to prove it is intact (a thread)."""
         out = []
         for e in needed:
-            sealed = data[e.offset:e.offset + e.length]
+            sealed = data[e.offset : e.offset + e.length]
             self.vault.open_blob(e.id, e.type, sealed)
             out.append((e, sealed))
         return out
 
-    async def _upload(self, writer: PackWriter, new: dict[ObjectId, tuple[PackEntry, ...]]
-                      ) -> None:
+    async def _upload(self, writer: PackWriter, new: dict[ObjectId, tuple[PackEntry, ...]]) -> None:
         pid, data, entries = writer.finish(self.vault.keys.encryption)
         await self.vault.store.put(ObjectKey.of(ObjectKind.PACK, pid), data)
         new[pid] = tuple(entries)
@@ -360,12 +416,19 @@ class _PruneRun:
         """One new segment with every remaining pack, superseding the segments read at the
         start (and ours); then those are deleted. Segments written meanwhile by a running
         backup are not superseded, so they and their packs stay visible."""
-        packs = {pid: entries for pid, entries in self.vault.index.packs.items()
-                 if pid in self.sizes and pid not in self.deleting}
+        packs = {
+            pid: entries
+            for pid, entries in self.vault.index.packs.items()
+            if pid in self.sizes and pid not in self.deleting
+        }
         supersede = sorted(self.supersede)
         sid = await self.vault.save_index(packs, supersede)
-        logger.info("index folded into segment %s (%d packs, replacing %d segment(s))",
-                    sid.short(), len(packs), len(supersede))
+        logger.info(
+            "index folded into segment %s (%d packs, replacing %d segment(s))",
+            sid.short(),
+            len(packs),
+            len(supersede),
+        )
         for old in supersede:
             self.cancel.check()
             await self._delete(ObjectKey.of(ObjectKind.INDEX, old))
@@ -381,28 +444,32 @@ class _PruneRun:
     # ---- the run ----------------------------------------------------------------------------
 
     async def run(self) -> PruneResult:
-        logger.info("prune started (grace %s, repack threshold %.0f%%%s)", self.grace,
-                    self.threshold * 100, ", dry run" if self.dry_run else "")
+        logger.info(
+            "prune started (grace %s, repack threshold %.0f%%%s)",
+            self.grace,
+            self.threshold * 100,
+            ", dry run" if self.dry_run else "",
+        )
         await self._load()
-        segments_before = len(self.vault.index.segments)
+        segments_before = self.segments_listed
 
         # Phase 2 first: sweep markers whose grace period has passed.
-        due = {mid: m for mid, m in self.markers.items() if m.time_ns <= self.cutoff_ns}
+        due = {mid: m for mid, m in self.markers.items() if self.marker_ages[mid] <= self.cutoff_ns}
         waiting = {p for mid, m in self.markers.items() if mid not in due for p in m.packs}
         self._sweep(sorted({p for m in due.values() for p in m.packs}))
 
         # Phase 1: mark what no snapshot needs; repack partly used packs first.
-        excluded = waiting | self.deleting
+        excluded = waiting | self.deleting | self.protected
         unneeded, plans = self._plan(excluded)
         repacked = await self._repack(plans)
         marked = sorted(set(unneeded) | set(repacked))
         new_marker: ObjectId | None = None
         if marked and not self.dry_run:
             marker = DeletionMarker(self.now_ns, tuple(marked))
-            new_marker = await self.vault.put_object(ObjectKind.DELETION,
-                                                     encode_deletion(marker))
-            logger.info("marked %d pack(s) for deletion (marker %s)", len(marked),
-                        new_marker.short())
+            new_marker = await self.vault.put_object(ObjectKind.DELETION, encode_deletion(marker))
+            logger.info(
+                "marked %d pack(s) for deletion (marker %s)", len(marked), new_marker.short()
+            )
         sweeping = set(due)
         if self.grace == timedelta(0):
             self._sweep(marked)  # grace 0: the new marker is due at once
@@ -415,8 +482,11 @@ class _PruneRun:
             try:
                 changed = await self._recheck_snapshots()
             except _UnreadableNewSnapshot as exc:
-                logger.warning("a snapshot written during prune is unreadable (%s); deleting "
-                               "nothing in this run", exc)
+                logger.warning(
+                    "a snapshot written during prune is unreadable (%s); deleting "
+                    "nothing in this run",
+                    exc,
+                )
                 self.deleting.clear()
                 sweeping.clear()
                 abandoned = True
@@ -426,8 +496,9 @@ class _PruneRun:
                     self.deleting.clear()
                     self._sweep(chosen)
 
-        rewrite = (bool(self.deleting) or bool(repacked) or self.index_changed
-                   or len(self.supersede) > 1)
+        rewrite = (
+            bool(self.deleting) or bool(repacked) or self.index_changed or len(self.supersede) > 1
+        )
         if self.dry_run:
             segments_after = 1 + self.unreadable_segments if rewrite else segments_before
         else:
@@ -450,14 +521,23 @@ class _PruneRun:
             pending.update(p for m in due.values() for p in m.packs)
         pending = {p for p in pending if p in self.sizes and p not in self.deleting}
         result = PruneResult(
-            marked_packs=len(marked), marked_bytes=sum(self.sizes[p] for p in marked),
+            marked_packs=len(marked),
+            marked_bytes=sum(self.sizes[p] for p in marked),
             deleted_packs=len(self.deleting),
             deleted_bytes=sum(self.sizes[p] for p in self.deleting),
-            repacked_packs=len(repacked), repacked_bytes=sum(self.sizes[p] for p in repacked),
+            repacked_packs=len(repacked),
+            repacked_bytes=sum(self.sizes[p] for p in repacked),
             pending_packs=len(pending),
-            index_segments_before=segments_before, index_segments_after=segments_after)
-        logger.info("prune %s: marked %d pack(s), deleted %d (%d bytes), repacked %d, "
-                    "%d pending", "planned" if self.dry_run else "done", result.marked_packs,
-                    result.deleted_packs, result.deleted_bytes, result.repacked_packs,
-                    result.pending_packs)
+            index_segments_before=segments_before,
+            index_segments_after=segments_after,
+        )
+        logger.info(
+            "prune %s: marked %d pack(s), deleted %d (%d bytes), repacked %d, %d pending",
+            "planned" if self.dry_run else "done",
+            result.marked_packs,
+            result.deleted_packs,
+            result.deleted_bytes,
+            result.repacked_packs,
+            result.pending_packs,
+        )
         return result

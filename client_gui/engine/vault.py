@@ -296,6 +296,7 @@ class Vault:
             for pid, entries in seg.packs.items():
                 index.add_pack(pid, entries)
         self.index = index
+        self.unindexed_packs = set()
         for sid, err in errors:
             logger.warning("index %s unreadable: %s", sid.short(), err)
         if recover:
@@ -306,9 +307,15 @@ class Vault:
         return {info.key.id: info.size async for info in self.store.list(ObjectKind.PACK)}
 
     async def recover_unindexed(self, packs: dict[ObjectId, int] | None = None) -> None:
-        """Add to the in-memory index the packs no segment names (an interrupted backup)."""
+        """Add to the in-memory index the packs no segment names (an interrupted backup), and
+        forget index entries of packs that are gone (so a blob resolves to a copy that exists).
+        """
         if packs is None:
             packs = await self.list_packs()
+        vanished = [pid for pid in self.index.packs if pid not in packs]
+        if vanished:
+            logger.info("%d indexed pack(s) no longer exist", len(vanished))
+            self.index.remove_packs(vanished)
         missing = [(pid, size) for pid, size in packs.items() if pid not in self.index.packs]
         sem = asyncio.Semaphore(READ_CONCURRENCY)
 

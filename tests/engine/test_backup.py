@@ -138,7 +138,7 @@ def records(first: int, count: int) -> bytes:
 
 def ancestor_state(path: Path) -> list[tuple[int, ...]]:
     """What the snapshot records of `path`'s ancestors (other processes may change /tmp)."""
-    out = []
+    out: list[tuple[int, ...]] = []
     for p in path.parents:
         s = os.lstat(p)
         out.append((s.st_mode, s.st_uid, s.st_gid, s.st_mtime_ns, s.st_ctime_ns, s.st_ino,
@@ -906,10 +906,33 @@ async def test_backup_reports_unreadable_file_and_saves_the_rest(
     assert (problem.path, problem.code) == (str(src / "secret"), "unreadable")
     assert "Permission denied" in problem.message
     assert sink.problems == [problem]
-    assert result.snapshot.stats.problems == 1
+    s = result.snapshot.stats
+    # The stats count what the snapshot holds: not the file that could not be read.
+    assert (s.problems, s.files, s.new_files, s.bytes) == (1, 2, 2, 2)
     assert await snapshot_ids(root) == {result.snapshot_id.hex()}
     stored = await contents(await vault_factory.open(root), result.snapshot.tree, src)
     assert stored == {b"a": b"a", b"sub/b": b"b"}
+
+
+async def test_backup_reports_unlistable_folder_and_keeps_it_empty(
+        tmp_path: Path, vault_factory: VaultFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = make_tree(tmp_path / "src", {"a": "a", "locked/x": "x", "open/y": "y"})
+    locked = os.fsencode(src / "locked")
+    real_listdir = os.listdir
+
+    def listdir(path: Any) -> Any:
+        if path == locked:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    vault, _ = await vault_factory.create()
+    result = await backup(vault, plan(src))
+    monkeypatch.undo()
+
+    assert [(p.path, p.code) for p in result.problems] == [(str(src / "locked"), "unreadable")]
+    nodes = await below(vault, result.snapshot.tree, src)
+    assert set(nodes) == {b"a", b"locked", b"open", b"open/y"}
 
 
 async def test_backup_reads_again_a_file_that_changed_while_read(
@@ -940,6 +963,7 @@ async def test_backup_skips_a_new_file_that_keeps_changing(
     assert disturber.reads == 3  # the first read and two retries
     assert [(p.path, p.code) for p in result.problems] == [(str(src / "log"), "changed")]
     assert await contents(vault, result.snapshot.tree, src) == {b"other": b"o"}
+    assert (result.snapshot.stats.files, result.snapshot.stats.bytes) == (1, 1)
     assert await snapshot_ids(root) == {result.snapshot_id.hex()}
 
 
@@ -963,7 +987,8 @@ async def test_backup_keeps_previous_version_of_a_file_that_keeps_changing(
     assert kept == old
     fresh = await vault_factory.open(root)
     assert await content(fresh, kept) == records(0, 10)
-    assert second.snapshot.stats.problems == 1
+    s = second.snapshot.stats
+    assert (s.problems, s.files, s.bytes) == (1, 2, 10 * RECORD + 1)
 
 
 async def test_backup_of_file_growing_in_background_is_never_torn(
@@ -1044,6 +1069,16 @@ async def test_backup_of_missing_path_writes_nothing(tmp_path: Path,
     before = await object_counts(root)
     with pytest.raises(UsageError, match="path not found"):
         await backup(vault, plan(src, tmp_path / "missing"))
+    assert await object_counts(root) == before
+
+
+async def test_backup_with_bad_exclude_pattern_writes_nothing(
+        tmp_path: Path, vault_factory: VaultFactory) -> None:
+    src = make_tree(tmp_path / "src", {"a": "a"})
+    vault, root = await vault_factory.create()
+    before = await object_counts(root)
+    with pytest.raises(UsageError, match="bad exclude pattern"):
+        await backup(vault, plan(src, excludes=("*.tmp", "file[z-a]")))
     assert await object_counts(root) == before
 
 
@@ -1216,7 +1251,7 @@ async def test_backup_after_failed_run_reuses_its_uploaded_packs(
     assert not token.cancelled  # the caller's token is the caller's
     counts = await object_counts(root)
     assert (counts[ObjectKind.PACK], counts[ObjectKind.INDEX], counts[ObjectKind.SNAPSHOT]) == (
-        3, 0, 0)
+        3, 0, 0)  # the uploads in flight when the fourth failed were let finish
 
     counting: list[CountingStore] = []
 
@@ -1227,6 +1262,7 @@ async def test_backup_after_failed_run_reuses_its_uploaded_packs(
     vault = await vault_factory.open(root, wrap)
     recovered = set(vault.unindexed_packs)
     assert len(recovered) == 3
+    assert vault.index.packs.keys() == recovered  # found from their headers alone
     old_blobs = {e.id for pid in recovered for e in vault.index.packs[pid]}
     result = await backup(vault, plan(src))
 

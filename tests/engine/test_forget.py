@@ -35,8 +35,9 @@ def make_src(path: Path, seed: int) -> Path:
     return path
 
 
-async def back_up(vault: Vault, src: Path, *, host: str = "alpha",
-                  tags: tuple[str, ...] = ()) -> BackupResult:
+async def back_up(
+    vault: Vault, src: Path, *, host: str = "alpha", tags: tuple[str, ...] = ()
+) -> BackupResult:
     return await backup(vault, BackupPlan(paths=(str(src),), hostname=host, tags=tags))
 
 
@@ -53,7 +54,8 @@ async def three(tmp_path: Path) -> tuple[Path, Path, list[BackupResult]]:
 
 
 async def test_forget_by_id_removes_exactly_those(
-        three: tuple[Path, Path, list[BackupResult]]) -> None:
+    three: tuple[Path, Path, list[BackupResult]],
+) -> None:
     root, _, snaps = three
     vault = await Vault.open(LocalStore(root), PW)
     middle = snaps[1].snapshot_id.hex()
@@ -66,7 +68,8 @@ async def test_forget_by_id_removes_exactly_those(
 
 
 async def test_forget_by_id_names_each_snapshot_once(
-        three: tuple[Path, Path, list[BackupResult]]) -> None:
+    three: tuple[Path, Path, list[BackupResult]],
+) -> None:
     root, _, snaps = three
     newest = snaps[2].snapshot_id.hex()
 
@@ -77,13 +80,15 @@ async def test_forget_by_id_names_each_snapshot_once(
 
 
 async def test_forget_by_unknown_id_raises_and_removes_nothing(
-        three: tuple[Path, Path, list[BackupResult]]) -> None:
+    three: tuple[Path, Path, list[BackupResult]],
+) -> None:
     root, _, snaps = three
     unknown = "0000" if not any(s.snapshot_id.hex().startswith("0000") for s in snaps) else "ffff"
 
     with pytest.raises(NoSuchSnapshot):
-        await forget(await Vault.open(LocalStore(root), PW),
-                     ids=[snaps[0].snapshot_id.hex(), unknown])
+        await forget(
+            await Vault.open(LocalStore(root), PW), ids=[snaps[0].snapshot_id.hex(), unknown]
+        )
 
     assert len(await snapshot_ids(root)) == 3
 
@@ -104,16 +109,17 @@ async def test_forget_by_id_respects_the_host_filter(tmp_path: Path) -> None:
 
 
 async def test_forget_by_rules_keeps_the_newest(
-        three: tuple[Path, Path, list[BackupResult]]) -> None:
+    three: tuple[Path, Path, list[BackupResult]],
+) -> None:
     root, src, snaps = three
 
-    result = await forget(await Vault.open(LocalStore(root), PW),
-                          rules=RetentionRules(last=1))
+    result = await forget(await Vault.open(LocalStore(root), PW), rules=RetentionRules(last=1))
 
     [group] = result.groups
     assert (group.host, group.paths) == ("alpha", (str(src.resolve()),))
     assert [d.candidate.id for d in group.decisions] == [
-        s.snapshot_id.hex() for s in reversed(snaps)]
+        s.snapshot_id.hex() for s in reversed(snaps)
+    ]
     assert [d.keep for d in group.decisions] == [True, False, False]
     assert group.decisions[0].reasons == ("last 1",)
     assert set(result.removed) == {snaps[0].snapshot_id.hex(), snaps[1].snapshot_id.hex()}
@@ -121,7 +127,8 @@ async def test_forget_by_rules_keeps_the_newest(
 
 
 async def test_forget_by_rules_decides_at_the_given_now(
-        three: tuple[Path, Path, list[BackupResult]]) -> None:
+    three: tuple[Path, Path, list[BackupResult]],
+) -> None:
     root, _, snaps = three
     vault = await Vault.open(LocalStore(root), PW)
     rules = RetentionRules(within=timedelta(days=1))
@@ -147,7 +154,10 @@ async def test_forget_by_rules_works_per_host_and_paths_group(tmp_path: Path) ->
     result = await forget(vault, rules=RetentionRules(last=1))
 
     assert [(g.host, len(g.decisions)) for g in result.groups] == [
-        ("alpha", 2), ("alpha", 2), ("beta", 2)]
+        ("alpha", 2),
+        ("alpha", 2),
+        ("beta", 2),
+    ]
     assert len(result.removed) == 3
     assert await snapshot_ids(root) == kept
 
@@ -163,12 +173,13 @@ async def test_forget_host_filter_leaves_other_hosts_alone(tmp_path: Path) -> No
 
     assert [g.host for g in result.groups] == ["alpha"]
     assert result.removed == (alpha[0].snapshot_id.hex(),)
-    assert await snapshot_ids(root) == {alpha[1].snapshot_id.hex(),
-                                        *(b.snapshot_id.hex() for b in beta)}
+    assert await snapshot_ids(root) == {
+        alpha[1].snapshot_id.hex(),
+        *(b.snapshot_id.hex() for b in beta),
+    }
 
 
-async def test_forget_tag_filter_considers_only_snapshots_with_every_tag(
-        tmp_path: Path) -> None:
+async def test_forget_tag_filter_considers_only_snapshots_with_every_tag(tmp_path: Path) -> None:
     root = tmp_path / "vault"
     src = make_src(tmp_path / "src", 6)
     vault = await make_vault(root)
@@ -179,12 +190,14 @@ async def test_forget_tag_filter_considers_only_snapshots_with_every_tag(
     result = await forget(vault, rules=RetentionRules(last=1), tags=["daily", "laptop"])
 
     assert result.removed == (daily[0].snapshot_id.hex(),)
-    assert await snapshot_ids(root) == {plain.snapshot_id.hex(), daily[1].snapshot_id.hex(),
-                                        only_daily.snapshot_id.hex()}
+    assert await snapshot_ids(root) == {
+        plain.snapshot_id.hex(),
+        daily[1].snapshot_id.hex(),
+        only_daily.snapshot_id.hex(),
+    }
 
 
-async def test_forget_empty_rules_are_refused(
-        three: tuple[Path, Path, list[BackupResult]]) -> None:
+async def test_forget_empty_rules_are_refused(three: tuple[Path, Path, list[BackupResult]]) -> None:
     root, _, _ = three
     with pytest.raises(UsageError):
         await forget(await Vault.open(LocalStore(root), PW), rules=RetentionRules())
@@ -198,23 +211,25 @@ async def test_forget_empty_rules_are_refused(
 async def test_forget_needs_exactly_one_of_rules_and_ids(tmp_path: Path, both: bool) -> None:
     vault = await make_vault(tmp_path / "vault")
     with pytest.raises(UsageError):
-        await forget(vault, rules=RetentionRules(last=1) if both else None,
-                     ids=["abcd"] if both else ())
+        await forget(
+            vault, rules=RetentionRules(last=1) if both else None, ids=["abcd"] if both else ()
+        )
 
 
-async def test_forget_dry_run_removes_nothing(
-        three: tuple[Path, Path, list[BackupResult]]) -> None:
+async def test_forget_dry_run_removes_nothing(three: tuple[Path, Path, list[BackupResult]]) -> None:
     root, _, snaps = three
 
-    result = await forget(await Vault.open(LocalStore(root), PW),
-                          rules=RetentionRules(last=1), dry_run=True)
+    result = await forget(
+        await Vault.open(LocalStore(root), PW), rules=RetentionRules(last=1), dry_run=True
+    )
 
     assert len(result.removed) == 2
     assert len(await snapshot_ids(root)) == 3
 
 
 async def test_forget_on_an_append_only_store_raises_permission_denied(
-        three: tuple[Path, Path, list[BackupResult]]) -> None:
+    three: tuple[Path, Path, list[BackupResult]],
+) -> None:
     root, _, snaps = three
     vault = await Vault.open(AppendOnlyStore(LocalStore(root)), PW)
 

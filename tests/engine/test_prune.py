@@ -9,6 +9,7 @@ import os
 import random
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,12 +18,14 @@ import pytest
 from client_gui.engine.backup import BackupPlan, BackupResult, backup
 from client_gui.engine.check import check
 from client_gui.engine.forget import forget
+from client_gui.engine.progress import CancelToken, CheckProgress, ItemProblem, Progress
 from client_gui.engine.prune import PruneResult, prune
 from client_gui.engine.restore import RestorePlan, restore
 from client_gui.engine.vault import Vault
 from client_gui.engine.walk import walk
 from shared.crypto.kdf import new_params
-from shared.errors import DamageFound, PermissionDenied, UsageError
+from shared.errors import Cancelled, DamageFound, PermissionDenied, UsageError
+from shared.format.deletion import DeletionMarker, encode_deletion
 from shared.ids import BlobType, ObjectId, ObjectInfo, ObjectKey, ObjectKind
 from shared.storage.base import ObjectStore
 from shared.storage.local import LocalStore
@@ -35,11 +38,16 @@ Hook = Callable[[ObjectKey], Awaitable[None]]
 
 
 class HookedStore:
-    """Forwards to `inner`, awaiting `before_put` / `before_delete` first (test double)."""
+    """Forwards to `inner`, first awaiting the hook for puts, deletes or lists (test double)."""
 
-    def __init__(self, inner: ObjectStore, *, before_put: Hook | None = None,
-                 before_delete: Hook | None = None,
-                 before_list: Callable[[ObjectKind], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self,
+        inner: ObjectStore,
+        *,
+        before_put: Hook | None = None,
+        before_delete: Hook | None = None,
+        before_list: Callable[[ObjectKind], Awaitable[None]] | None = None,
+    ) -> None:
         self.inner = inner
         self.before_put = before_put
         self.before_delete = before_delete
@@ -76,8 +84,9 @@ class HookedStore:
 
 async def make_vault(root: Path, **kwargs: int) -> Vault:
     store = await LocalStore.create(root, fsync=False)
-    vault, _ = await Vault.create(store, PW, kdf=new_params(1, 8 << 20), recovery_key=False,
-                                  **kwargs)
+    vault, _ = await Vault.create(
+        store, PW, kdf=new_params(1, 8 << 20), recovery_key=False, **kwargs
+    )
     return vault
 
 
@@ -98,8 +107,11 @@ def make_tree(src: Path, files: dict[str, int], seed: int) -> None:
 
 def expected(src: Path) -> dict[bytes, bytes]:
     base = os.fsencode(src).lstrip(b"/")
-    return {base + b"/" + os.fsencode(p.relative_to(src)): p.read_bytes()
-            for p in sorted(src.rglob("*")) if p.is_file()}
+    return {
+        base + b"/" + os.fsencode(p.relative_to(src)): p.read_bytes()
+        for p in sorted(src.rglob("*"))
+        if p.is_file()
+    }
 
 
 async def assert_intact(root: Path, result: BackupResult, src: Path) -> None:
@@ -109,8 +121,11 @@ async def assert_intact(root: Path, result: BackupResult, src: Path) -> None:
     target = root.parent / f"restored-{result.snapshot_id.short()}"
     restored = await restore(vault, RestorePlan(snapshot=ref, target=target))
     assert restored.problems == ()
-    got = {os.fsencode(p.relative_to(target)): p.read_bytes()
-           for p in sorted(target.rglob("*")) if p.is_file()}
+    got = {
+        os.fsencode(p.relative_to(target)): p.read_bytes()
+        for p in sorted(target.rglob("*"))
+        if p.is_file()
+    }
     assert got == expected(src)
     report = await check(await reopen(root), read_data=True)
     assert report.ok, report.damage
@@ -127,8 +142,9 @@ async def used_blobs(vault: Vault, sid: ObjectId) -> set[bytes]:
 
 
 def listing(root: Path) -> list[tuple[str, int]]:
-    return sorted((str(p.relative_to(root)), p.stat().st_size)
-                  for p in root.rglob("*") if p.is_file())
+    return sorted(
+        (str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*") if p.is_file()
+    )
 
 
 def pack_files(root: Path) -> dict[str, int]:
@@ -161,7 +177,8 @@ async def forgotten(tmp_path: Path) -> tuple[Path, Path, BackupResult]:
 
 
 async def test_prune_marks_first_and_deletes_only_after_the_grace_period(
-        forgotten: tuple[Path, Path, BackupResult]) -> None:
+    forgotten: tuple[Path, Path, BackupResult],
+) -> None:
     root, src_b, second = forgotten
     packs_before = pack_files(root)
     now = time.time_ns()
@@ -186,7 +203,8 @@ async def test_prune_marks_first_and_deletes_only_after_the_grace_period(
 
 
 async def test_prune_grace_zero_reclaims_in_one_run(
-        forgotten: tuple[Path, Path, BackupResult]) -> None:
+    forgotten: tuple[Path, Path, BackupResult],
+) -> None:
     root, src_b, second = forgotten
     packs_before = pack_files(root)
 
@@ -201,6 +219,25 @@ async def test_prune_grace_zero_reclaims_in_one_run(
     await assert_intact(root, second, src_b)
 
 
+async def test_prune_counts_a_markers_age_from_when_it_was_stored(
+    forgotten: tuple[Path, Path, BackupResult],
+) -> None:
+    """A marker from a device whose clock runs 10 hours behind is not due at once."""
+    root, src_b, second = forgotten
+    vault = await reopen(root)
+    unused = [pid for pid in vault.index.packs if pid not in second.snapshot.packs]
+    now = time.time_ns()
+    marker = DeletionMarker(now - 10 * HOUR_NS, tuple(unused))
+    await vault.put_object(ObjectKind.DELETION, encode_deletion(marker))
+
+    early = await prune(await reopen(root), now_ns=now)
+    assert (early.marked_packs, early.deleted_packs, early.pending_packs) == (0, 0, 2)
+
+    late = await prune(await reopen(root), now_ns=now + 2 * HOUR_NS)
+    assert (late.deleted_packs, late.pending_packs) == (2, 0)
+    await assert_intact(root, second, src_b)
+
+
 async def test_prune_with_nothing_unused_deletes_nothing(tmp_path: Path) -> None:
     root, src = tmp_path / "vault", tmp_path / "src"
     make_tree(src, {"x.bin": 30_000}, seed=3)
@@ -210,10 +247,17 @@ async def test_prune_with_nothing_unused_deletes_nothing(tmp_path: Path) -> None
 
     pruned = await prune(await reopen(root), grace=timedelta(0))
 
-    assert pruned == PruneResult(marked_packs=0, marked_bytes=0, deleted_packs=0,
-                                 deleted_bytes=0, repacked_packs=0, repacked_bytes=0,
-                                 pending_packs=0, index_segments_before=1,
-                                 index_segments_after=1)
+    assert pruned == PruneResult(
+        marked_packs=0,
+        marked_bytes=0,
+        deleted_packs=0,
+        deleted_bytes=0,
+        repacked_packs=0,
+        repacked_bytes=0,
+        pending_packs=0,
+        index_segments_before=1,
+        index_segments_after=1,
+    )
     assert listing(root) == before
     await assert_intact(root, result, src)
 
@@ -258,8 +302,12 @@ async def test_prune_repacks_a_partly_used_pack(tmp_path: Path) -> None:
     assert sum(pack_files(root).values()) < bytes_before - 150 * 1024
     fresh = await reopen(root)
     await assert_intact(root, second, src)
-    stored = {e.id.raw for entries in fresh.index.packs.values() for e in entries
-              if e.type == BlobType.DATA}
+    stored = {
+        e.id.raw
+        for entries in fresh.index.packs.values()
+        for e in entries
+        if e.type == BlobType.DATA
+    }
     assert len(stored) == 5 and stored <= await used_blobs(fresh, second.snapshot_id)
 
     again = await prune(await reopen(root), grace=timedelta(0))
@@ -284,7 +332,8 @@ async def test_prune_repack_threshold_one_never_repacks(tmp_path: Path) -> None:
 
 
 async def test_prune_sweep_keeps_packs_a_backup_started_before_the_marker_uses(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """THE safety test: a backup that loaded its index before the marker was written dedups
     against the marked packs; the sweep must see its snapshot and keep those packs."""
     root, src = tmp_path / "vault", tmp_path / "src"
@@ -300,8 +349,9 @@ async def test_prune_sweep_keeps_packs_a_backup_started_before_the_marker_uses(
             reached.set()
             await gate.wait()
 
-    late = await Vault.open(HookedStore(LocalStore(root, fsync=False), before_put=hold_snapshot),
-                            PW)
+    late = await Vault.open(
+        HookedStore(LocalStore(root, fsync=False), before_put=hold_snapshot), PW
+    )
     running = asyncio.create_task(backup(late, BackupPlan(paths=(str(src),))))
     await reached.wait()  # index loaded, packs uploaded and indexed: only the snapshot is left
 
@@ -313,8 +363,13 @@ async def test_prune_sweep_keeps_packs_a_backup_started_before_the_marker_uses(
     gate.set()
     second = await running
     # It reused the forgotten snapshot's blobs, which sit in marked packs.
-    holders = {pid for pid, entries in (await reopen(root)).index.packs.items()
-               for e in entries if e.id.raw in await used_blobs(late, second.snapshot_id)}
+    used = await used_blobs(late, second.snapshot_id)
+    holders = {
+        pid
+        for pid, entries in (await reopen(root)).index.packs.items()
+        for e in entries
+        if e.id.raw in used
+    }
     assert holders & marked
 
     sweep = await prune(await reopen(root), now_ns=now + 2 * HOUR_NS)
@@ -322,7 +377,6 @@ async def test_prune_sweep_keeps_packs_a_backup_started_before_the_marker_uses(
     assert sweep.deleted_packs < len(marked)
     assert holders <= {ObjectId.from_hex(name) for name in pack_files(root)}
     assert not markers & set(await (await reopen(root)).load_deletions())  # swept markers go
-    print("SWEEP", sweep)
     await assert_intact(root, second, src)
 
 
@@ -341,8 +395,9 @@ async def test_prune_backup_started_after_the_marker_uploads_again(tmp_path: Pat
     assert second.snapshot.stats.new_blobs > 0
     fresh = await reopen(root)
     for blob in await used_blobs(fresh, second.snapshot_id):
-        holders = {pid for pid, entries in fresh.index.packs.items()
-                   for e in entries if e.id.raw == blob}
+        holders = {
+            pid for pid, entries in fresh.index.packs.items() for e in entries if e.id.raw == blob
+        }
         assert holders - marked, "a new backup must not rely on a marked pack"
     sweep = await prune(await reopen(root), now_ns=now + 2 * HOUR_NS)
     assert sweep.deleted_packs == marking.marked_packs
@@ -365,8 +420,9 @@ async def test_prune_takes_in_a_snapshot_written_during_the_run(tmp_path: Path) 
             reached.set()
             await gate.wait()
 
-    late = await Vault.open(HookedStore(LocalStore(root, fsync=False), before_put=hold_snapshot),
-                            PW)
+    late = await Vault.open(
+        HookedStore(LocalStore(root, fsync=False), before_put=hold_snapshot), PW
+    )
     running = asyncio.create_task(backup(late, BackupPlan(paths=(str(src),))))
     await reached.wait()
 
@@ -376,7 +432,8 @@ async def test_prune_takes_in_a_snapshot_written_during_the_run(tmp_path: Path) 
             await running
 
     pruner = await Vault.open(
-        HookedStore(LocalStore(root, fsync=False), before_put=finish_backup_when_marking), PW)
+        HookedStore(LocalStore(root, fsync=False), before_put=finish_backup_when_marking), PW
+    )
     result = await prune(pruner, grace=timedelta(0))
 
     second = running.result()
@@ -385,8 +442,35 @@ async def test_prune_takes_in_a_snapshot_written_during_the_run(tmp_path: Path) 
     await assert_intact(root, second, src)
 
 
-async def test_prune_folding_leaves_a_concurrently_written_segment_alone(
-        tmp_path: Path) -> None:
+async def test_prune_keeps_the_packs_a_checkpoint_lists(tmp_path: Path) -> None:
+    """A running backup's checkpoint lists the packs of a file still being read (no tree
+    names them yet): prune must neither mark nor sweep them while the checkpoint exists."""
+    root, src_a, src_b = tmp_path / "vault", tmp_path / "a", tmp_path / "b"
+    make_tree(src_a, {"x.bin": 30_000}, seed=40)
+    make_tree(src_b, {"y.bin": 30_000}, seed=41)
+    vault = await make_vault(root)
+    first = await backup(vault, BackupPlan(paths=(str(src_a),)))
+    second = await backup(vault, BackupPlan(paths=(str(src_b),)))
+    await forget(vault, ids=[first.snapshot_id.hex()])
+    [in_flight] = [
+        pid for pid in first.snapshot.packs if vault.index.packs[pid][0].type == BlobType.DATA
+    ]
+    checkpoint = await vault.save_snapshot(
+        replace(second.snapshot, checkpoint=True, packs=(*second.snapshot.packs, in_flight))
+    )
+
+    result = await prune(await reopen(root), grace=timedelta(0))
+
+    assert (result.marked_packs, result.deleted_packs) == (1, 1)  # the old tree pack only
+    assert in_flight.hex() in pack_files(root)
+    await forget(await reopen(root), ids=[checkpoint.hex()])
+    after = await prune(await reopen(root), grace=timedelta(0))
+    assert (after.marked_packs, after.deleted_packs) == (1, 1)
+    assert in_flight.hex() not in pack_files(root)
+    await assert_intact(root, second, src_b)
+
+
+async def test_prune_folding_leaves_a_concurrently_written_segment_alone(tmp_path: Path) -> None:
     root, src_a, src_b, src_c = (tmp_path / n for n in ("vault", "a", "b", "c"))
     for i, src in enumerate((src_a, src_b, src_c)):
         make_tree(src, {"x.bin": 30_000 + i}, seed=20 + i)
@@ -403,7 +487,8 @@ async def test_prune_folding_leaves_a_concurrently_written_segment_alone(
 
     # The hook runs when prune writes its marker: after it read the index, before it folds it.
     pruner = await Vault.open(
-        HookedStore(LocalStore(root, fsync=False), before_put=back_up_meanwhile), PW)
+        HookedStore(LocalStore(root, fsync=False), before_put=back_up_meanwhile), PW
+    )
     result = await prune(pruner)
 
     assert concurrent, "the hook ran while prune worked"
@@ -432,11 +517,12 @@ async def _forgotten_blob(root: Path, tmp_path: Path) -> bytes:
     return (old / "x.bin").read_bytes()
 
 
-@pytest.mark.xfail(reason="backup.py _load_markers replaces marked_packs at each checkpoint: "
-                          "after a sweep it trusts the deleted packs of its start-up index",
-                   strict=True)
-async def test_prune_sweep_during_a_long_backup_keeps_its_snapshot_whole(
-        tmp_path: Path) -> None:
+@pytest.mark.xfail(
+    reason="backup.py _load_markers replaces marked_packs at each checkpoint: "
+    "after a sweep it trusts the deleted packs of its start-up index",
+    strict=True,
+)
+async def test_prune_sweep_during_a_long_backup_keeps_its_snapshot_whole(tmp_path: Path) -> None:
     root, src = tmp_path / "vault", tmp_path / "src"
     content = await _forgotten_blob(root, tmp_path)
     make_tree(src, {"a.bin": 1000, "b.bin": 1000}, seed=31)
@@ -455,16 +541,19 @@ async def test_prune_sweep_during_a_long_backup_keeps_its_snapshot_whole(
             await prune(await reopen(root), now_ns=now + 2 * HOUR_NS)
 
     long = await Vault.open(
-        HookedStore(LocalStore(root, fsync=False), before_put=prune_at_checkpoints), PW)
+        HookedStore(LocalStore(root, fsync=False), before_put=prune_at_checkpoints), PW
+    )
     result = await backup(long, BackupPlan(paths=(str(src),), checkpoint_interval=0))
 
     await assert_intact(root, result, src)
 
 
-@pytest.mark.xfail(reason="backup.py prepare() loads the index before the markers: a sweep in "
-                          "between leaves it trusting a deleted pack", strict=True)
-async def test_prune_sweep_while_a_backup_starts_keeps_its_snapshot_whole(
-        tmp_path: Path) -> None:
+@pytest.mark.xfail(
+    reason="backup.py prepare() loads the index before the markers: a sweep in "
+    "between leaves it trusting a deleted pack",
+    strict=True,
+)
+async def test_prune_sweep_while_a_backup_starts_keeps_its_snapshot_whole(tmp_path: Path) -> None:
     root, src = tmp_path / "vault", tmp_path / "src"
     content = await _forgotten_blob(root, tmp_path)
     make_tree(src, {"a.bin": 1000}, seed=32)
@@ -480,7 +569,8 @@ async def test_prune_sweep_while_a_backup_starts_keeps_its_snapshot_whole(
             await prune(await reopen(root), now_ns=now + 2 * HOUR_NS)
 
     starting = await Vault.open(
-        HookedStore(LocalStore(root, fsync=False), before_list=sweep_before_markers), PW)
+        HookedStore(LocalStore(root, fsync=False), before_list=sweep_before_markers), PW
+    )
     result = await backup(starting, BackupPlan(paths=(str(src),)))
 
     assert swept
@@ -512,11 +602,13 @@ async def test_prune_dry_run_changes_nothing_and_predicts_the_real_run(tmp_path:
 
 
 async def test_prune_refuses_when_a_pack_a_snapshot_needs_is_missing(
-        forgotten: tuple[Path, Path, BackupResult]) -> None:
+    forgotten: tuple[Path, Path, BackupResult],
+) -> None:
     root, _, second = forgotten
     vault = await reopen(root)
-    data_pack = next(pid for pid in second.snapshot.packs
-                     if vault.index.packs[pid][0].type == BlobType.DATA)
+    data_pack = next(
+        pid for pid in second.snapshot.packs if vault.index.packs[pid][0].type == BlobType.DATA
+    )
     await vault.store.delete(ObjectKey.of(ObjectKind.PACK, data_pack))
     before = listing(root)
 
@@ -527,7 +619,8 @@ async def test_prune_refuses_when_a_pack_a_snapshot_needs_is_missing(
 
 
 async def test_prune_refuses_when_a_snapshot_is_unreadable(
-        forgotten: tuple[Path, Path, BackupResult]) -> None:
+    forgotten: tuple[Path, Path, BackupResult],
+) -> None:
     root, _, second = forgotten
     name = second.snapshot_id.hex()
     path = next(p for p in (root / "snapshots").rglob(name))
@@ -541,7 +634,8 @@ async def test_prune_refuses_when_a_snapshot_is_unreadable(
 
 
 async def test_prune_on_an_append_only_store_raises_permission_denied(
-        forgotten: tuple[Path, Path, BackupResult]) -> None:
+    forgotten: tuple[Path, Path, BackupResult],
+) -> None:
     root, src_b, second = forgotten
 
     with pytest.raises(PermissionDenied):
@@ -550,13 +644,52 @@ async def test_prune_on_an_append_only_store_raises_permission_denied(
     await assert_intact(root, second, src_b)
 
 
-@pytest.mark.parametrize(("grace", "threshold"), [
-    (timedelta(seconds=-1), 0.2),
-    (timedelta(hours=1), -0.1),
-    (timedelta(hours=1), 1.5),
-])
-async def test_prune_rejects_bad_arguments(tmp_path: Path, grace: timedelta,
-                                           threshold: float) -> None:
+async def test_prune_cancelled_before_deciding_changes_nothing(
+    forgotten: tuple[Path, Path, BackupResult],
+) -> None:
+    root, _, _ = forgotten
+    before = listing(root)
+    token = CancelToken()
+    token.cancel()
+
+    with pytest.raises(Cancelled):
+        await prune(await reopen(root), grace=timedelta(0), cancel=token)
+
+    assert listing(root) == before
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.phases: list[str] = []
+
+    def progress(self, p: Progress) -> None:
+        assert isinstance(p, CheckProgress)
+        self.phases.append(p.phase)
+
+    def problem(self, item: ItemProblem) -> None:
+        raise AssertionError(f"unexpected problem {item}")
+
+
+async def test_prune_reports_progress(forgotten: tuple[Path, Path, BackupResult]) -> None:
+    root, _, _ = forgotten
+    sink = Recorder()
+
+    await prune(await reopen(root), grace=timedelta(0), progress=sink)
+
+    assert "prune: reading snapshots" in sink.phases
+
+
+@pytest.mark.parametrize(
+    ("grace", "threshold"),
+    [
+        (timedelta(seconds=-1), 0.2),
+        (timedelta(hours=1), -0.1),
+        (timedelta(hours=1), 1.5),
+    ],
+)
+async def test_prune_rejects_bad_arguments(
+    tmp_path: Path, grace: timedelta, threshold: float
+) -> None:
     vault = await make_vault(tmp_path / "vault")
     with pytest.raises(UsageError):
         await prune(vault, grace=grace, repack_threshold=threshold)
