@@ -31,6 +31,7 @@ from client_gui.engine.vault import SnapshotRef, Vault, hostname, username
 from shared.chunking import FastCdcChunker
 from shared.errors import CairnError, Cancelled, InternalError, PermissionDenied, UsageError
 from shared.format.blob import encode_blob
+from shared.format.deletion import DeletionMarker
 from shared.format.pack import PackEntry, PackWriter
 from shared.format.snapshot import Snapshot, SnapshotStats
 from shared.format.tree import Node, NodeType, encode_tree
@@ -204,11 +205,14 @@ class _BackupRun:
     # ---- set-up on the event loop ---------------------------------------------------------
 
     async def prepare(self) -> None:
+        # Markers before the index: a sweep finishing in between deletes a pack and its
+        # marker, and an index read first would still name the pack.
+        markers = await self.vault.load_deletions()
         await self.vault.load_index()
         recovered = {pid: self.vault.index.packs[pid] for pid in self.vault.unindexed_packs
                      if pid in self.vault.index.packs}
         self.pending_index.update(recovered)
-        await self._load_markers()
+        self._apply_markers(markers)
         refs = await self.vault.list_snapshots()
         if self.plan.parent:
             self.parent = await self.vault.find_snapshot(self.plan.parent, refs)
@@ -219,8 +223,11 @@ class _BackupRun:
             self.estimate = (s.files, s.bytes)
 
     async def _load_markers(self) -> None:
-        markers = await self.vault.load_deletions()
-        self.marked_packs = {p for m in markers.values() for p in m.packs}
+        self._apply_markers(await self.vault.load_deletions())
+
+    def _apply_markers(self, markers: dict[ObjectId, DeletionMarker]) -> None:
+        # Accumulate: once swept, a pack's marker is gone too, but the pack stays untrusted.
+        self.marked_packs |= {p for m in markers.values() for p in m.packs}
         known: set[bytes] = set()
         for pid, entries in self.vault.index.packs.items():
             if pid not in self.marked_packs:

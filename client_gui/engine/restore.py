@@ -533,8 +533,9 @@ class _RestoreRun:
         for blob_id in node.content:
             loc = self.vault.index.get(blob_id)
             if loc is None:
-                self._problem(rel, f"not restored: data missing from the vault (blob "
-                              f"{blob_id.short()} is not in the index)", "damaged")
+                self._problem(rel, f"not restored: its data is missing or damaged (blob "
+                              f"{blob_id.short()} is in no pack of the vault; run "
+                              "`cairn check`)", "damaged")
                 return None
             offsets.append((blob_id, loc, offset))
             offset += loc.raw_length

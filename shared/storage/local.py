@@ -59,7 +59,14 @@ class LocalStore:
                 logger.debug("%s exists; put is a no-op", key)
                 return
             tmp = self._tmp / f"{secrets.token_hex(16)}{TEMP_SUFFIX}"
-            file = await asyncio.to_thread(_create_new, tmp)
+            creating = asyncio.get_running_loop().run_in_executor(None, _create_new, tmp)
+            try:
+                file = await asyncio.shield(creating)
+            except asyncio.CancelledError:
+                # The thread still creates the file: close and remove it when it is done.
+                creating.add_done_callback(
+                    lambda f: f.cancelled() or f.exception() or _discard(f.result(), tmp))
+                raise
         try:
             # Errors raised by `data` itself propagate untranslated.
             async for batch in _batches(data):

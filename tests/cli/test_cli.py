@@ -105,7 +105,9 @@ def test_cli_second_backup_reads_nothing_unchanged(cairn: Cairn, env: dict[str, 
     res = cairn("--json", "backup", str(src), env=env)
     summary = json.loads(res.stdout.splitlines()[-1])
     assert summary["unchanged_files"] == 5
-    assert summary["new_bytes"] == 0
+    assert summary["new_files"] == summary["changed_files"] == 0
+    # Only tree blobs may be new: the folders above src (e.g. /tmp) change under us.
+    assert summary["new_bytes"] < 16 * 1024
 
 
 def test_cli_recovery_key_opens_the_vault(cairn: Cairn, env: dict[str, str]) -> None:

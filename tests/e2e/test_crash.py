@@ -18,12 +18,14 @@ from tests.conftest import CliResult
 from tests.e2e.conftest import (
     PACK_SIZE,
     Cli,
+    Job,
     assert_same_tree,
     digest,
     make_source,
     object_names,
     pack_sizes,
     restored,
+    summary,
     wait_for,
 )
 
@@ -34,14 +36,16 @@ MiB = 1 << 20
 class Reference:
     """One unkilled backup of the source into a separate vault: how long, how much stored."""
 
-    seconds: float
+    seconds: float  # process start to exit
+    working: float  # process start to its first progress line (the vault is open)
+    first_pack: float  # process start to the first pack in the vault folder
     stored_bytes: int
     packs: int
 
 
 @dataclass(frozen=True, slots=True)
 class Kill:
-    at_packs: int  # kill once the vault holds this many packs ...
+    at_packs: int  # kill once the vault holds this many packs (0: once the run is working) ...
     delay: float  # ... and this many seconds more have passed
     killed: bool  # False: the backup finished before the kill point
     seconds: float  # from start to kill (or exit)
@@ -49,18 +53,32 @@ class Kill:
     temp_files: int  # left in the vault's tmp/ folder
 
 
-def reference_run(cli: Cli, src: Path) -> Reference:
+def working(job: Job) -> bool:
+    """The backup has opened the vault and started: its first JSON progress line is out."""
+    return job.out.stat().st_size > 0
+
+
+def reference_run(cli: Cli, src: Path, extra: tuple[str, ...]) -> Reference:
     cli.init()
-    start = time.monotonic()
-    s = cli.backup(src)
-    return Reference(time.monotonic() - start, s["stored_bytes"], len(pack_sizes(cli.vault)))
+    job = cli.start("--json", "backup", *extra, str(src))
+    wait_for(lambda: working(job), job, timeout=120)
+    started = time.monotonic() - job.started
+    wait_for(lambda: bool(pack_sizes(cli.vault)), job, timeout=120)
+    first_pack = time.monotonic() - job.started
+    res = job.wait(timeout=300)
+    seconds = time.monotonic() - job.started
+    assert res.code == 0, res.stderr
+    s = summary(res.stdout)
+    return Reference(seconds, started, first_pack, s["stored_bytes"], len(pack_sizes(cli.vault)))
 
 
 def kill_during_backup(cli: Cli, src: Path, at_packs: int, delay: float, *extra: str) -> Kill:
     """Start `cairn backup`, wait for `at_packs` packs plus `delay` seconds, SIGKILL it."""
     job = cli.start("--json", "backup", *extra, str(src))
     try:
-        reached = wait_for(lambda: len(pack_sizes(cli.vault)) >= at_packs, job, timeout=120)
+        reached = wait_for(
+            lambda: working(job) and len(pack_sizes(cli.vault)) >= at_packs, job, timeout=120
+        )
         if reached and job.running:
             time.sleep(delay)  # a deliberately chosen kill time, not a wait for work
         killed = job.running
@@ -72,38 +90,42 @@ def kill_during_backup(cli: Cli, src: Path, at_packs: int, delay: float, *extra:
     finally:
         if job.running:
             job.kill()
-    return Kill(
-        at_packs,
-        delay,
-        killed,
-        seconds,
-        len(pack_sizes(cli.vault)),
-        len(object_names(cli.vault, "tmp")),
-    )
+    packs, temps = len(pack_sizes(cli.vault)), len(object_names(cli.vault, "tmp"))
+    return Kill(at_packs, delay, killed, seconds, packs, temps)
 
 
-def crash_and_resume(make_cli: Callable[[str], Cli], src: Path, seed: int, kills: int) -> None:
-    ref = reference_run(make_cli("reference"), src)
+def crash_and_resume(
+    make_cli: Callable[[str], Cli], src: Path, seed: int, kills: int, extra: tuple[str, ...] = ()
+) -> None:
+    """Kill `cairn backup [extra] src` `kills` times, check after each, then let it finish."""
+    ref = reference_run(make_cli("reference"), src, extra)
     print(
-        f"\nreference backup: {ref.seconds:.2f} s, {ref.stored_bytes / MiB:.1f} MiB "
-        f"stored in {ref.packs} packs"
+        f"\nreference backup: {ref.seconds:.2f} s (working after {ref.working:.2f} s, first "
+        f"pack after {ref.first_pack:.2f} s), {ref.stored_bytes / MiB:.1f} MiB stored in "
+        f"{ref.packs} packs"
     )
     assert ref.packs >= kills + 2, "the source is too small for this many kill points"
     rng = random.Random(seed)
-    # Kill points spread over the run: the k-th once the vault holds at least about k/(n+1)
-    # of the reference's packs, then a random part of one pack's time later. Packs are the
-    # progress a killed run keeps, so every run gets further than the one before.
-    per_pack = ref.seconds / ref.packs
+    # Kill points spread over the run, counted in packs (the progress a killed run keeps):
+    # with two kills at 1/3 and 2/3 of the reference's packs; with more, one before the
+    # first pack and the rest at random pack counts, each at least one pack further than
+    # the vault already holds. Then a random part of one pack's time passes.
+    per_pack = (ref.seconds - ref.first_pack) / max(ref.packs - 1, 1)
     targets = (
-        sorted(rng.sample(range(ref.packs - 1), kills))
+        [0, *sorted(rng.sample(range(1, ref.packs - 1), kills - 1))]
         if kills > 2
         else [round(ref.packs * (k + 1) / (kills + 1)) for k in range(kills)]
     )
     cli = make_cli("vault")
     cli.init()
     landed = 0
-    for at_packs in targets:
-        k = kill_during_backup(cli, src, at_packs, rng.uniform(0, per_pack))
+    for target in targets:
+        if target == 0:  # while the first pack is being read, chunked, sealed, written
+            at_packs, delay = 0, rng.uniform(0, ref.first_pack - ref.working)
+        else:
+            at_packs = min(max(target, len(pack_sizes(cli.vault)) + 1), ref.packs - 1)
+            delay = rng.uniform(0, per_pack)
+        k = kill_during_backup(cli, src, at_packs, delay, *extra)
         landed += k.killed
         print(
             f"kill at >= {k.at_packs} packs + {k.delay:.2f} s: "
@@ -115,7 +137,7 @@ def crash_and_resume(make_cli: Callable[[str], Cli], src: Path, seed: int, kills
 
     before = pack_sizes(cli.vault)
     start = time.monotonic()
-    s = cli.backup(src)
+    s = cli.backup(src, extra=extra)
     after = pack_sizes(cli.vault)
     print(
         f"resumed backup: {time.monotonic() - start:.2f} s, {s['stored_bytes'] / MiB:.1f} MiB "
@@ -143,12 +165,16 @@ def test_backup_killed_twice_resumes_without_uploading_again(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [7, 8])
+@pytest.mark.parametrize(
+    ("seed", "extra"),
+    [(7, ()), (8, ()), (9, ("--checkpoint-interval", "0.3"))],
+    ids=["seed7", "seed8", "checkpoints"],
+)
 def test_backup_killed_many_times_resumes_without_uploading_again(
-    make_cli: Callable[[str], Cli], tmp_path: Path, seed: int
+    make_cli: Callable[[str], Cli], tmp_path: Path, seed: int, extra: tuple[str, ...]
 ) -> None:
-    src = make_source(tmp_path / "src", 300 * MiB, seed=seed)
-    crash_and_resume(make_cli, src, seed=seed, kills=5)
+    src = make_source(tmp_path / "src", 300 * MiB, seed=seed, max_file=4 * MiB, folders=20)
+    crash_and_resume(make_cli, src, seed=seed, kills=8, extra=extra)
 
 
 def test_backup_killed_after_a_checkpoint_keeps_finished_files(

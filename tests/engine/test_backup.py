@@ -314,10 +314,6 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> ReadCounter:
     return counter
 
 
-async def new_vault(vault_factory: VaultFactory, **kw: Any) -> tuple[Vault, Path]:
-    return await vault_factory.create(**kw)
-
-
 def plan(*paths: Path | str, **kw: Any) -> BackupPlan:
     return BackupPlan(paths=tuple(str(p) for p in paths), **kw)
 
@@ -1316,7 +1312,7 @@ async def test_backup_task_cancelled_stops_its_threads(tmp_path: Path,
     assert await snapshot_ids(root) == set()
 
 
-async def test_backup_does_not_need_the_default_executor_to_itself(
+async def test_backup_runs_with_a_one_thread_default_executor(
         tmp_path: Path, vault_factory: VaultFactory) -> None:
     src = make_tree(tmp_path / "src", {"a": "a", "d/b": "b"})
     vault, _ = await vault_factory.create()

@@ -503,8 +503,7 @@ async def test_prune_folding_leaves_a_concurrently_written_segment_alone(tmp_pat
 
 # Two holes on the backup side (client_gui/engine/backup.py, not prune): a backup must never
 # trust a pack again once it has seen it marked, and must read the markers before the index.
-# Each test stages its race exactly; when backup.py is fixed they pass and xfail_strict
-# asks for the marks to go.
+# Each test stages its race exactly (they were strict xfails until backup.py was fixed).
 
 
 async def _forgotten_blob(root: Path, tmp_path: Path) -> bytes:
@@ -517,11 +516,6 @@ async def _forgotten_blob(root: Path, tmp_path: Path) -> bytes:
     return (old / "x.bin").read_bytes()
 
 
-@pytest.mark.xfail(
-    reason="backup.py _load_markers replaces marked_packs at each checkpoint: "
-    "after a sweep it trusts the deleted packs of its start-up index",
-    strict=True,
-)
 async def test_prune_sweep_during_a_long_backup_keeps_its_snapshot_whole(tmp_path: Path) -> None:
     root, src = tmp_path / "vault", tmp_path / "src"
     content = await _forgotten_blob(root, tmp_path)
@@ -548,11 +542,6 @@ async def test_prune_sweep_during_a_long_backup_keeps_its_snapshot_whole(tmp_pat
     await assert_intact(root, result, src)
 
 
-@pytest.mark.xfail(
-    reason="backup.py prepare() loads the index before the markers: a sweep in "
-    "between leaves it trusting a deleted pack",
-    strict=True,
-)
 async def test_prune_sweep_while_a_backup_starts_keeps_its_snapshot_whole(tmp_path: Path) -> None:
     root, src = tmp_path / "vault", tmp_path / "src"
     content = await _forgotten_blob(root, tmp_path)
