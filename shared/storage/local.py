@@ -64,8 +64,11 @@ class LocalStore:
                 file = await asyncio.shield(creating)
             except asyncio.CancelledError:
                 # The thread still creates the file: close and remove it when it is done.
-                creating.add_done_callback(
-                    lambda f: f.cancelled() or f.exception() or _discard(f.result(), tmp))
+                def discard_created(f: asyncio.Future[io.BufferedWriter]) -> None:
+                    if not f.cancelled() and f.exception() is None:
+                        _discard(f.result(), tmp)
+
+                creating.add_done_callback(discard_created)
                 raise
         try:
             # Errors raised by `data` itself propagate untranslated.
