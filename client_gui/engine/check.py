@@ -43,6 +43,7 @@ PIECE_SIZE = 8 << 20
 PATHS_SHOWN = 20  # paths listed per damage; the rest are counted in `more_paths`
 PATHS_TRACKED = 10_000  # distinct paths remembered per damage: bounds memory on a lost vault
 IDS_SHOWN = 5  # object IDs named in one aggregated warning
+INDEX_RETRIES = 3  # re-lists of the index when a concurrent prune folded segments away
 # The smallest possible sealed header: AEAD nonce and tag plus the compression-method byte.
 MIN_HEADER = OVERHEAD + 1
 
@@ -228,7 +229,11 @@ class _Check:
         )
         await self._check_config()
         await self._check_keys()
-        for sid, exc in await self.vault.load_index(recover=False):
+        # Snapshots before the index: a backup writes its index before its snapshot, so every
+        # snapshot listed here has its packs in the index loaded next.
+        refs = await self._check_snapshots()
+        self.cancel.check()
+        for sid, exc in await self._load_index():
             self._add(
                 _Finding(
                     DamageKind.INDEX_DAMAGED,
@@ -236,8 +241,6 @@ class _Check:
                     f"index segment {sid.short()} is unreadable: {exc}",
                 )
             )
-        self.cancel.check()
-        refs = await self._check_snapshots()
         await self._check_deletions()
         listed = await self.vault.list_packs()
         self.cancel.check()
@@ -346,10 +349,23 @@ class _Check:
                     )
                 )
 
+    async def _load_index(self) -> list[tuple[ObjectId, CairnError]]:
+        """Load the index; a segment that vanished after listing was folded by a concurrent
+        prune into a new one, so list again (a few times) before calling it damage."""
+        errors: list[tuple[ObjectId, CairnError]] = []
+        for _ in range(INDEX_RETRIES):
+            errors = await self.vault.load_index(recover=False)
+            if not any(isinstance(exc, ObjectNotFound) for _, exc in errors):
+                break
+        return errors
+
     async def _check_snapshots(self) -> list[SnapshotRef]:
         self._progress("snapshots", 0, 0, force=True)
         errors: list[tuple[ObjectId, CairnError]] = []
         refs = await self.vault.list_snapshots(errors)
+        # Deleted after listing (a finished backup's checkpoint, a concurrent forget): gone,
+        # not damaged.
+        errors = [(sid, exc) for sid, exc in errors if not isinstance(exc, ObjectNotFound)]
         for sid, exc in errors:
             finding = self._add(
                 _Finding(

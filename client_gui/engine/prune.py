@@ -11,6 +11,7 @@ incomplete knowledge (an unreadable snapshot or tree stops it before anything is
 """
 
 import asyncio
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -22,10 +23,12 @@ from shared.errors import CairnError, DamageFound, IntegrityError, ObjectNotFoun
 from shared.format.deletion import DeletionMarker, encode_deletion
 from shared.format.pack import PackEntry, PackWriter
 from shared.ids import BlobType, ObjectId, ObjectKey, ObjectKind
+from shared.storage.base import cleanup_temp
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_GRACE = timedelta(hours=1)  # well above backup.CHECKPOINT_INTERVAL (5 minutes)
+STALE_TEMP = timedelta(days=1)
 DEFAULT_REPACK_THRESHOLD = 0.2  # restic's default --max-unused is 5%; we trade space for I/O
 
 
@@ -40,6 +43,7 @@ class PruneResult:
     pending_packs: int  # marked packs still waiting for their grace period after this run
     index_segments_before: int
     index_segments_after: int
+    temp_files_removed: int = 0  # uploads abandoned by killed backups, older than a day
 
 
 class _UnreadableNewSnapshot(CairnError):
@@ -100,7 +104,12 @@ async def prune(
         progress or NullSink(),
         cancel or CancelToken(),
     )
-    return await run.run()
+    result = await run.run()
+    if dry_run:
+        return result
+    # A temp file a day old is no upload in progress: a backup killed mid-upload left it.
+    removed = await cleanup_temp(vault.store, max(grace, STALE_TEMP).total_seconds())
+    return dataclasses.replace(result, temp_files_removed=removed)
 
 
 class _PruneRun:

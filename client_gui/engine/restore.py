@@ -141,7 +141,7 @@ async def restore(vault: Vault, plan: RestorePlan, *, progress: ProgressSink | N
     except OSError as exc:
         run.cleanup()
         message = run.describe(exc)
-        logger.error("%s", message)
+        logger.info("restore failed: %s", message)  # the caller reports it to the user
         raise RestoreError(message) from exc
     except BaseException:
         run.cleanup()

@@ -298,7 +298,10 @@ class Vault:
         self.index = index
         self.unindexed_packs = set()
         for sid, err in errors:
-            logger.warning("index %s unreadable: %s", sid.short(), err)
+            # Not found: a concurrent prune folded it into a new segment (pack headers cover
+            # the gap); anything else is damage for `check` to explain.
+            level = logging.INFO if isinstance(err, ObjectNotFound) else logging.WARNING
+            logger.log(level, "index %s unreadable: %s", sid.short(), err)
         if recover:
             await self.recover_unindexed()
         return errors

@@ -101,3 +101,24 @@ def check_range(key: ObjectKey, size: int, offset: int, length: int | None) -> i
         wanted = "the rest" if length is None else f"{length} bytes"
         raise RangeError(f"cannot read {wanted} at offset {offset} of {key}: it has {size} bytes")
     return end - offset
+
+
+@runtime_checkable
+class SupportsTempCleanup(Protocol):
+    """Stores that keep temporary files (uploads in progress) and can remove stale ones."""
+
+    async def cleanup_temp(self, older_than: float) -> int:
+        """Remove temporary files older than `older_than` seconds; return how many."""
+        ...
+
+
+async def cleanup_temp(store: object, older_than: float) -> int:
+    """Remove stale temp files of the first store in a wrapper chain (`.inner`) that keeps
+    any; 0 if none does."""
+    seen = 0
+    while store is not None and seen < 16:
+        if isinstance(store, SupportsTempCleanup):
+            return await store.cleanup_temp(older_than)
+        store = getattr(store, "inner", getattr(store, "_inner", None))
+        seen += 1
+    return 0

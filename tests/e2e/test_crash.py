@@ -263,11 +263,6 @@ def test_restore_onto_full_disk_leaves_nothing_half_written(
     assert all(got[rel] == want.get(rel) for rel, v in got.items() if v[0] == "file")
 
 
-@pytest.mark.xfail(
-    reason="engine/restore.py logs the RestoreError at ERROR before raising "
-    "it, and the CLI prints it again: two lines on stderr",
-    strict=True,
-)
 def test_restore_onto_full_disk_reports_one_line(
     make_cli: Callable[[str], Cli], tmp_path: Path, full_disk: Path
 ) -> None:

@@ -682,3 +682,20 @@ async def test_prune_rejects_bad_arguments(
     vault = await make_vault(tmp_path / "vault")
     with pytest.raises(UsageError):
         await prune(vault, grace=grace, repack_threshold=threshold)
+
+
+async def test_prune_removes_stale_temp_files_of_killed_backups(tmp_path: Path) -> None:
+    root = tmp_path / "vault"
+    await make_vault(root)
+    stale, fresh = root / "tmp" / ("a" * 32 + ".tmp"), root / "tmp" / ("b" * 32 + ".tmp")
+    stale.write_bytes(b"half a pack")
+    fresh.write_bytes(b"an upload in progress")
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(stale, (two_days_ago, two_days_ago))
+
+    dry = await prune(await reopen(root), dry_run=True)
+    assert dry.temp_files_removed == 0 and stale.exists()
+    result = await prune(await reopen(root))
+
+    assert result.temp_files_removed == 1
+    assert not stale.exists() and fresh.exists()
