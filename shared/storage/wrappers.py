@@ -27,11 +27,16 @@ _HASH_IN_THREAD = 1 << 20
 _THROTTLE_PIECE = 64 << 10
 
 
-class _Wrapper:
-    """Forwards every call to `inner`; subclasses override what they change."""
+class ForwardingStore:
+    """Forwards every call to `inner`; subclasses override what they change (the base of
+    every wrapper here, and of test doubles such as counting or fault-injecting stores)."""
 
     def __init__(self, inner: ObjectStore) -> None:
         self._inner = inner
+
+    @property
+    def inner(self) -> ObjectStore:
+        return self._inner
 
     async def put(self, key: ObjectKey, data: bytes | AsyncIterable[bytes]) -> None:
         await self._inner.put(key, data)
@@ -58,7 +63,7 @@ class _Wrapper:
         await self._inner.close()
 
 
-class RetryingStore(_Wrapper):
+class RetryingStore(ForwardingStore):
     """Retries calls that fail with StorageUnavailable, with exponential backoff and jitter.
 
     A put whose data is an async iterable cannot be replayed, so only bytes puts are retried.
@@ -154,14 +159,14 @@ class RetryingStore(_Wrapper):
         await asyncio.sleep(delay)
 
 
-class AppendOnlyStore(_Wrapper):
+class AppendOnlyStore(ForwardingStore):
     """Refuses deletes: a device token that may back up but not remove (rest-server's mode)."""
 
     async def delete(self, key: ObjectKey) -> None:
         raise PermissionDenied(f"cannot delete {key}: this store is append-only")
 
 
-class VerifyingStore(_Wrapper):
+class VerifyingStore(ForwardingStore):
     """Checks that every object's content hashes (unkeyed BLAKE3) to its name.
 
     A put hashes the data as it streams and raises IntegrityError after the last chunk, before
@@ -217,7 +222,7 @@ class _TokenBucket:
                 await asyncio.sleep(-self._tokens / self._rate)
 
 
-class ThrottledStore(_Wrapper):
+class ThrottledStore(ForwardingStore):
     """Limits the bytes put and the bytes got, each to `bytes_per_second` (0 or None: no limit).
 
     Uploads and downloads have separate budgets, as a network link does.

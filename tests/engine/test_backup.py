@@ -15,7 +15,7 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -33,10 +33,10 @@ from shared.errors import Cancelled, NoSuchSnapshot, StorageError, UsageError
 from shared.format.deletion import DeletionMarker, encode_deletion
 from shared.format.snapshot import Snapshot
 from shared.format.tree import Node, NodeType
-from shared.ids import BlobType, ObjectId, ObjectInfo, ObjectKey, ObjectKind
+from shared.ids import BlobType, ObjectId, ObjectKey, ObjectKind
 from shared.storage.base import ObjectStore
 from shared.storage.local import LocalStore
-from shared.storage.wrappers import AppendOnlyStore
+from shared.storage.wrappers import AppendOnlyStore, ForwardingStore
 from tests.conftest import make_tree
 from tests.engine.conftest import VaultFactory
 
@@ -231,29 +231,8 @@ class _DisturbingChunker:
         return self._disturber.split(self._inner, stream)
 
 
-class WrappedStore:
+class WrappedStore(ForwardingStore):
     """Forwards to `inner`; subclasses count or fail calls (tests' own FaultyStore)."""
-
-    def __init__(self, inner: ObjectStore) -> None:
-        self.inner = inner
-
-    async def put(self, key: ObjectKey, data: bytes | AsyncIterable[bytes]) -> None:
-        await self.inner.put(key, data)
-
-    async def get(self, key: ObjectKey, *, offset: int = 0, length: int | None = None) -> bytes:
-        return await self.inner.get(key, offset=offset, length=length)
-
-    async def stat(self, key: ObjectKey) -> ObjectInfo:
-        return await self.inner.stat(key)
-
-    def list(self, kind: ObjectKind) -> AsyncIterator[ObjectInfo]:
-        return self.inner.list(kind)
-
-    async def delete(self, key: ObjectKey) -> None:
-        await self.inner.delete(key)
-
-    async def close(self) -> None:
-        await self.inner.close()
 
 
 class CountingStore(WrappedStore):

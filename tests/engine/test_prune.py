@@ -29,7 +29,7 @@ from shared.format.deletion import DeletionMarker, encode_deletion
 from shared.ids import BlobType, ObjectId, ObjectInfo, ObjectKey, ObjectKind
 from shared.storage.base import ObjectStore
 from shared.storage.local import LocalStore
-from shared.storage.wrappers import AppendOnlyStore
+from shared.storage.wrappers import AppendOnlyStore, ForwardingStore
 
 PW = "correct horse"
 HOUR_NS = 3600 * 10**9
@@ -37,7 +37,7 @@ HOUR_NS = 3600 * 10**9
 Hook = Callable[[ObjectKey], Awaitable[None]]
 
 
-class HookedStore:
+class HookedStore(ForwardingStore):
     """Forwards to `inner`, first awaiting the hook for puts, deletes or lists (test double)."""
 
     def __init__(
@@ -48,7 +48,7 @@ class HookedStore:
         before_delete: Hook | None = None,
         before_list: Callable[[ObjectKind], Awaitable[None]] | None = None,
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.before_put = before_put
         self.before_delete = before_delete
         self.before_list = before_list
@@ -57,12 +57,6 @@ class HookedStore:
         if self.before_put is not None:
             await self.before_put(key)
         await self.inner.put(key, data)
-
-    async def get(self, key: ObjectKey, *, offset: int = 0, length: int | None = None) -> bytes:
-        return await self.inner.get(key, offset=offset, length=length)
-
-    async def stat(self, key: ObjectKey) -> ObjectInfo:
-        return await self.inner.stat(key)
 
     async def list(self, kind: ObjectKind) -> AsyncIterator[ObjectInfo]:
         if self.before_list is not None:
@@ -74,9 +68,6 @@ class HookedStore:
         if self.before_delete is not None:
             await self.before_delete(key)
         await self.inner.delete(key)
-
-    async def close(self) -> None:
-        await self.inner.close()
 
 
 # ---- helpers ------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import sys
 import tempfile
 import textwrap
 from collections import Counter
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -27,8 +27,9 @@ from client_gui.engine.vault import SnapshotRef, Vault
 from client_gui.engine.walk import walk
 from shared.errors import Cancelled, UsageError
 from shared.format.tree import NodeType
-from shared.ids import BlobType, ObjectId, ObjectInfo, ObjectKey, ObjectKind
+from shared.ids import BlobType, ObjectId, ObjectKey, ObjectKind
 from shared.storage.base import ObjectStore
+from shared.storage.wrappers import ForwardingStore
 from tests.conftest import REPO, make_tree
 from tests.engine.conftest import PASSPHRASE, VaultFactory
 
@@ -132,17 +133,14 @@ class RecordingSink:
         self.problems.append(item)
 
 
-class RecordingStore:
+class RecordingStore(ForwardingStore):
     """Passes everything to `inner`; remembers every get and can cancel on a chosen read."""
 
     def __init__(self, inner: ObjectStore) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.gets: list[tuple[ObjectKey, int, int | None]] = []
         self.cancel_on: set[ObjectId] = set()
         self.token: CancelToken | None = None
-
-    async def put(self, key: ObjectKey, data: bytes | AsyncIterable[bytes]) -> None:
-        await self.inner.put(key, data)
 
     async def get(self, key: ObjectKey, *, offset: int = 0, length: int | None = None) -> bytes:
         self.gets.append((key, offset, length))
@@ -150,17 +148,6 @@ class RecordingStore:
             self.token.cancel()
         return await self.inner.get(key, offset=offset, length=length)
 
-    async def stat(self, key: ObjectKey) -> ObjectInfo:
-        return await self.inner.stat(key)
-
-    def list(self, kind: ObjectKind) -> AsyncIterator[ObjectInfo]:
-        return self.inner.list(kind)
-
-    async def delete(self, key: ObjectKey) -> None:
-        await self.inner.delete(key)
-
-    async def close(self) -> None:
-        await self.inner.close()
 
 
 def data_packs(vault: Vault) -> set[ObjectId]:
