@@ -32,8 +32,8 @@ async def run(ctx: Context, cancel: CancelToken) -> int:
     out.stop_progress()
     out.emit({"type": "summary", "snapshot_id": ref.id.hex(), "files": result.files,
               "dirs": result.dirs, "bytes": result.bytes, "problems": len(result.problems)})
-    out.line(f"restored snapshot {ref.id.short()} to {plan.target}: {result.files} files, "
-             f"{result.dirs} folders, {human_size(result.bytes)}")
+    out.line(f"restored snapshot {ref.id.short()} to {plan.target}: {result.files} files and "
+             f"links, {result.dirs} folders (parents included), {human_size(result.bytes)}")
     if result.problems:
         out.line(f"{len(result.problems)} item(s) were not restored (listed above)")
         return 1
