@@ -1,23 +1,21 @@
 """Restore: snapshot trees back into files, reading every needed pack once, in pack order.
 
-Plan (walk the selected trees) -> directories, symlinks, special files -> file contents pack by
-pack (blobs opened on worker threads, pwritten into temp files that are renamed into place when
-complete) -> directory metadata, deepest first. Never overwrites unless asked, never leaves a
-temp file behind. It does not talk to the user: problems go to the ProgressSink and the result.
+Owns the public API (RestorePlan, RestoreResult, RestoreError, restore()) and the run: plan
+(walk the selected trees, compare with what the target holds) -> directories, symlinks, special
+files -> file contents (restore_reader reads packs, restore_writer writes temp files) ->
+directory metadata, deepest first. Never overwrites unless asked, never leaves a temp file
+behind, never talks to the user: problems go to the ProgressSink and the result.
 """
 
 import asyncio
-import contextlib
 import errno
 import logging
 import os
-import secrets
 import stat
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -29,42 +27,39 @@ from client_gui.engine.progress import (
     RestoreProgress,
     Throttle,
 )
+from client_gui.engine.restore_reader import (
+    MAX_GAP,
+    MAX_RANGE,
+    RANGES_QUEUED,
+    WORKERS,
+    read_blobs,
+)
+from client_gui.engine.restore_writer import (
+    OPEN_FILES,
+    SPARSE_BLOCK,
+    TEMP_MARK,
+    FileWriter,
+    HardLink,
+    TargetFile,
+    create_special,
+    is_zero,
+    temp_path,
+)
 from client_gui.engine.vault import BlobLocation, SnapshotRef, Vault
 from client_gui.engine.walk import display, join, split_path, walk
-from shared.errors import (
-    CairnError,
-    Cancelled,
-    IntegrityError,
-    ObjectNotFound,
-    RangeError,
-    UsageError,
-)
+from shared.errors import CairnError, Cancelled, UsageError
 from shared.format.tree import Node, NodeType
 from shared.hashing import keyed_id
-from shared.ids import ObjectId, ObjectKey, ObjectKind
+from shared.ids import ObjectId
+
+# The tuning constants and TEMP_MARK live beside the code they tune; they stay importable here.
+__all__ = [
+    "MAX_GAP", "MAX_RANGE", "OPEN_FILES", "RANGES_QUEUED", "SPARSE_BLOCK", "TEMP_MARK", "WORKERS",
+    "RestoreError", "RestorePlan", "RestoreResult", "restore",
+]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-
-# Blobs of one pack closer than this are fetched in one read: skipping a small gap costs less
-# than another request (restic uses the same idea for its pack reads).
-MAX_GAP = 1 << 20
-# One read is at most this long (unless a single blob is longer): with the queue and workers
-# below, at most ~4 such ranges are in memory at once.
-MAX_RANGE = 16 << 20
-# Two workers open blobs and write them: decrypt, decompress and hash release the GIL, so both
-# cores of a laptop work while the next range is read.
-WORKERS = 2
-# Ranges read ahead of the workers: one keeps the disk or network busy without growing memory.
-RANGES_QUEUED = 1
-# Temp files kept open between writes; the rest are reopened (stays far below fd limits).
-OPEN_FILES = 64
-# Aligned all-zero blocks of this size inside a blob are not written, so holes in the file
-# (a disk image, a database) stay holes after restore even where a chunk spans data and hole.
-SPARSE_BLOCK = 64 << 10
-_ZERO_BLOCK = bytes(SPARSE_BLOCK)
-TEMP_MARK = b".cairn-tmp-"
-_NAME_KEEP = 200  # bytes of the final name kept in a temp name (NAME_MAX is usually 255)
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
@@ -89,37 +84,6 @@ class RestoreResult:
     dirs: int
     bytes: int
     problems: tuple[ItemProblem, ...]
-
-
-@dataclass(slots=True, eq=False)
-class _Link:
-    rel: bytes
-    path: bytes
-
-
-@dataclass(slots=True, eq=False)
-class _File:
-    """A regular file whose contents come from packs, and its progress."""
-
-    num: int
-    rel: bytes  # path inside the snapshot (for messages)
-    path: bytes  # final path in the target
-    node: Node
-    remaining: int  # blob uses not yet written
-    tmp: bytes | None = None
-    failed: bool = False
-    done: bool = False
-    links: list[_Link] = field(default_factory=list)  # hard links made once it is complete
-
-
-@dataclass(frozen=True, slots=True)
-class _Range:
-    """One read from one pack, covering one or more needed blobs."""
-
-    pack: ObjectId
-    start: int
-    end: int
-    blobs: tuple[tuple[ObjectId, BlobLocation], ...]
 
 
 async def restore(vault: Vault, plan: RestorePlan, *, progress: ProgressSink | None = None,
@@ -152,56 +116,9 @@ async def restore(vault: Vault, plan: RestorePlan, *, progress: ProgressSink | N
     return RestoreResult(run.files_done, run.dirs_done, run.bytes_done, tuple(run.problems))
 
 
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            return _first_error(exc)
-        return exc
-    return group
-
-
-def _is_zero(data: bytes) -> bool:
-    return not data or (data[0] == 0 and data[-1] == 0 and data.count(0) == len(data))
-
-
-def _temp_path(path: bytes) -> bytes:
-    folder, _, name = path.rpartition(b"/")
-    return (folder + b"/." + name[:_NAME_KEEP] + TEMP_MARK
-            + secrets.token_hex(6).encode("ascii"))
-
-
-def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n
-
-
-def _write_sparse(fd: int, data: bytes, offset: int) -> None:
-    """Write `data` at `offset` into a file preallocated with zeros, skipping aligned zero
-    blocks (they stay holes)."""
-    if _ZERO_BLOCK not in data:  # fast path (~20 GB/s): no zero block anywhere
-        _pwrite_all(fd, data, offset)
-        return
-    view = memoryview(data)
-    pending: int | None = None  # start of the run of data still to be written
-    pos = 0
-    while pos < len(data):
-        end = min(len(data), pos + SPARSE_BLOCK - (offset + pos) % SPARSE_BLOCK)
-        if (end - pos == SPARSE_BLOCK and data[pos] == 0 and data[end - 1] == 0
-                and data[pos:end] == _ZERO_BLOCK):
-            if pending is not None:
-                _pwrite_all(fd, view[pending:pos], offset + pending)
-                pending = None
-        elif pending is None:
-            pending = pos
-        pos = end
-    if pending is not None:
-        _pwrite_all(fd, view[pending:], offset + pending)
-
-
 class _RestoreRun:
+    """One restore job: its plan, counters and problems; a BlobConsumer for the pack reader."""
+
     def __init__(self, vault: Vault, plan: RestorePlan, sink: ProgressSink,
                  cancel: CancelToken) -> None:
         self.vault = vault
@@ -211,14 +128,12 @@ class _RestoreRun:
         self.target = os.fsencode(os.path.abspath(plan.target)).rstrip(b"/")
         self.owners = plan.owners if plan.owners is not None else os.geteuid() == 0
         self.is_root = os.geteuid() == 0
-        self.lock = threading.Lock()  # guards everything below that workers touch
+        self.lock = threading.Lock()  # guards everything below (and the writer) that workers touch
         self.stop = threading.Event()  # set when the job ends early: threads stop at once
-        self.closed = False
-        self.files: list[_File] = []
-        self.uses: dict[bytes, list[tuple[_File, int]]] = {}
+        self.writer = FileWriter(owners=self.owners, problem=self._problem, placed=self._placed)
+        self.files: list[TargetFile] = []
+        self.uses: dict[bytes, list[tuple[TargetFile, int]]] = {}
         self.needed: dict[bytes, BlobLocation] = {}
-        self.fds: OrderedDict[int, int] = OrderedDict()
-        self.temps: set[bytes] = set()
         self.dirs: list[tuple[bytes, Node]] = []
         self.problems: list[ItemProblem] = []
         self.files_total = 0
@@ -241,8 +156,9 @@ class _RestoreRun:
             await asyncio.wait({fut})
             raise
 
-    def _check(self) -> None:
-        if self.stop.is_set() or self.closed:
+    def check(self) -> None:
+        """Raise Cancelled if the job is to stop (cancelled, or ended early)."""
+        if self.stop.is_set() or self.writer.closed:
             raise Cancelled("cancelled")
         self.cancel.check()
 
@@ -251,6 +167,9 @@ class _RestoreRun:
         logger.warning("%s: %s", item.path, message)
         self.problems.append(item)
         self.sink.problem(item)
+
+    def _placed(self) -> None:
+        self.files_done += 1
 
     def report(self, force: bool = False) -> None:
         if not (force or self.throttle.ready()):
@@ -284,18 +203,7 @@ class _RestoreRun:
         """Close every open temp file and remove every temp file not yet renamed into place."""
         self.stop.set()
         with self.lock:
-            self.closed = True
-            for fd in self.fds.values():
-                os.close(fd)
-            self.fds.clear()
-            for tmp in self.temps:
-                try:
-                    os.unlink(tmp)
-                except FileNotFoundError:
-                    pass
-                except OSError as exc:
-                    logger.error("cannot remove temp file %r: %s", tmp, exc.strerror)
-            self.temps.clear()
+            self.writer.discard()
 
     # ---- plan -----------------------------------------------------------------------------
 
@@ -350,7 +258,7 @@ class _RestoreRun:
         skipped: set[bytes] = set()  # directories not restored: their contents are skipped
         files: list[tuple[bytes, bytes, Node]] = []
         for rel, node in entries:
-            self._check()
+            self.check()
             if rel.rpartition(b"/")[0] in skipped:
                 if node.type == NodeType.DIR:
                     skipped.add(rel)
@@ -392,18 +300,8 @@ class _RestoreRun:
             return
         if not self._place(rel, path, node):
             return
-        self._special_meta(rel, path, node)
+        self.writer.special_meta(rel, path, node)
         self.files_done += 1
-
-    @staticmethod
-    def _create(node: Node, path: bytes) -> None:
-        if node.type == NodeType.SYMLINK:
-            os.symlink(node.target, path)  # raw bytes, never followed
-        elif node.type == NodeType.FIFO:
-            os.mkfifo(path, 0o600)
-        else:
-            kind = stat.S_IFCHR if node.type == NodeType.CHARDEV else stat.S_IFBLK
-            os.mknod(path, kind | 0o600, node.rdev)
 
     @staticmethod
     def _same(node: Node, path: bytes, st: os.stat_result) -> bool:
@@ -420,14 +318,14 @@ class _RestoreRun:
         try:
             st = os.lstat(path)
         except FileNotFoundError:
-            self._create(node, path)
+            create_special(node, path)
             return True
         if self._same(node, path, st):
             return True
         if not self._may_replace(rel, st):
             return False
-        tmp = _temp_path(path)
-        self._create(node, tmp)
+        tmp = temp_path(path)
+        create_special(node, tmp)
         try:
             os.rename(tmp, path)
         except BaseException:
@@ -444,39 +342,11 @@ class _RestoreRun:
             return False
         return True
 
-    def _special_meta(self, rel: bytes, path: bytes, node: Node) -> None:
-        is_link = node.type == NodeType.SYMLINK
-        failed: list[str] = []
-        for name, value in node.xattrs:
-            try:
-                os.setxattr(path, name, value, follow_symlinks=False)
-            except OSError:
-                failed.append("extended attributes")
-                break
-        if self.owners:
-            try:
-                os.chown(path, node.uid, node.gid, follow_symlinks=False)
-            except OSError:
-                failed.append("owner")
-        if not is_link:
-            try:
-                os.chmod(path, node.mode)
-            except OSError:
-                failed.append("mode")
-        if not is_link or os.utime in os.supports_follow_symlinks:
-            try:
-                os.utime(path, ns=(node.atime_ns or node.mtime_ns, node.mtime_ns),
-                         follow_symlinks=False)
-            except OSError:
-                failed.append("times")
-        if failed:
-            self._problem(rel, f"could not restore {', '.join(failed)}", "metadata")
-
     def _plan_files(self, files: list[tuple[bytes, bytes, Node]]) -> None:
         """Decide what each regular file needs: a restore, a hard link, or nothing."""
-        primaries: dict[tuple[int, int], _File] = {}
+        primaries: dict[tuple[int, int], TargetFile] = {}
         for rel, path, node in files:
-            self._check()
+            self.check()
             key = (node.device, node.inode) if node.links > 1 and node.inode else None
             first = primaries.get(key) if key is not None else None
             if first is not None and first.node.content == node.content \
@@ -489,7 +359,7 @@ class _RestoreRun:
         for f in self.files:
             if f.remaining == 0 and not f.done:
                 with self.lock:
-                    self._complete(f)
+                    self.writer.complete(f)
         self.report()
 
     def _existing(self, rel: bytes, path: bytes, node: Node) -> str:
@@ -524,7 +394,7 @@ class _RestoreRun:
                     return False
             return True
 
-    def _plan_file(self, rel: bytes, path: bytes, node: Node) -> _File | None:
+    def _plan_file(self, rel: bytes, path: bytes, node: Node) -> TargetFile | None:
         state = self._existing(rel, path, node)
         if state == "skip":
             return None
@@ -543,7 +413,7 @@ class _RestoreRun:
             self._problem(rel, "not restored: the snapshot is damaged (file size does not "
                           "match its data)", "damaged")
             return None
-        f = _File(len(self.files), rel, path, node, len(offsets))
+        f = TargetFile(len(self.files), rel, path, node, len(offsets))
         self.files.append(f)
         if state == "same":
             f.remaining = 0
@@ -558,268 +428,56 @@ class _RestoreRun:
             self.needed[blob_id.raw] = loc
         return f
 
-    def _plan_link(self, first: _File, rel: bytes, path: bytes, node: Node) -> None:
+    def _plan_link(self, first: TargetFile, rel: bytes, path: bytes, node: Node) -> None:
         state = self._existing(rel, path, node)
         if state == "skip":
             return
         if state == "same":
             self.files_done += 1
             return
-        link = _Link(rel, path)
+        link = HardLink(rel, path)
         if first.done:
             with self.lock:
-                self._link(first, link)
+                self.writer.link(first, link)
         else:
             first.links.append(link)
 
-    # ---- file contents --------------------------------------------------------------------
-
-    def _ranges(self) -> list[_Range]:
-        by_pack: dict[ObjectId, list[tuple[ObjectId, BlobLocation]]] = {}
-        for raw, loc in self.needed.items():
-            by_pack.setdefault(loc.pack, []).append((ObjectId(raw), loc))
-        out: list[_Range] = []
-        for pack in sorted(by_pack):
-            blobs = sorted(by_pack[pack], key=lambda b: b[1].offset)
-            current: list[tuple[ObjectId, BlobLocation]] = []
-            start = end = 0
-            for blob_id, loc in blobs:
-                stop = loc.offset + loc.length
-                if current and loc.offset - end < MAX_GAP and stop - start <= MAX_RANGE:
-                    current.append((blob_id, loc))
-                    end = max(end, stop)
-                    continue
-                if current:
-                    out.append(_Range(pack, start, end, tuple(current)))
-                current, start, end = [(blob_id, loc)], loc.offset, stop
-            if current:
-                out.append(_Range(pack, start, end, tuple(current)))
-        return out
+    # ---- file contents (restore_reader calls deliver and blob_failed on worker threads) ---
 
     async def fetch(self) -> None:
-        """Read the needed ranges pack by pack, in order; workers open and write the blobs."""
-        ranges = self._ranges()
-        logger.debug("reading %d blobs in %d ranges", len(self.needed), len(ranges))
-        queue: asyncio.Queue[tuple[_Range, bytes | CairnError] | None] = asyncio.Queue(
-            maxsize=RANGES_QUEUED)
-
-        async def read() -> None:
-            unreadable: dict[ObjectId, CairnError] = {}
-            for rng in ranges:
-                self._check()
-                data: bytes | CairnError | None = unreadable.get(rng.pack)
-                if data is None:
-                    try:
-                        data = await self.vault.store.get(ObjectKey.of(ObjectKind.PACK, rng.pack),
-                                                          offset=rng.start,
-                                                          length=rng.end - rng.start)
-                    except (ObjectNotFound, RangeError, IntegrityError) as exc:
-                        logger.warning("pack %s unreadable: %s", rng.pack.short(), exc)
-                        unreadable[rng.pack] = data = exc
-                await queue.put((rng, data))
-            for _ in range(WORKERS):
-                await queue.put(None)
-
-        async def work() -> None:
-            while (item := await queue.get()) is not None:
-                await self.in_thread(self._process, *item)
-
-        try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(read())
-                for _ in range(WORKERS):
-                    group.create_task(work())
-        except BaseExceptionGroup as failures:
-            first = _first_error(failures)
-            raise first from first.__cause__
+        """Read the needed blobs pack by pack and write them; then fail files still missing."""
+        await read_blobs(self.vault, self.needed, self)
         with self.lock:
             for f in self.files:
                 if not (f.done or f.failed):
                     logger.error("%s: data never arrived", display(f.rel))
-                    self._fail(f, "not restored: its data was not found in the packs")
+                    self.writer.fail(f, "not restored: its data was not found in the packs")
 
-    def _process(self, rng: _Range, data: bytes | CairnError) -> None:
-        """Open each blob of a range and write it wherever it is used (worker thread)."""
-        for blob_id, loc in rng.blobs:
-            self._check()
-            if isinstance(data, CairnError):
-                self._blob_failed(blob_id, f"pack {rng.pack.short()} is missing or damaged "
-                                  f"({data})")
-                continue
-            start = loc.offset - rng.start
-            try:
-                plain = self.vault.open_blob(blob_id, loc.type,
-                                             data[start:start + loc.length])
-                if len(plain) != loc.raw_length:
-                    raise IntegrityError(f"blob {blob_id.short()} is damaged: wrong length")
-            except IntegrityError as exc:
-                logger.warning("%s", exc)
-                self._blob_failed(blob_id, f"damaged data ({exc})")
-                continue
-            self._deliver(blob_id, plain)
-            self.report()
-
-    def _blob_failed(self, blob_id: ObjectId, reason: str) -> None:
+    def blob_failed(self, blob_id: ObjectId, reason: str) -> None:
         with self.lock:
             for f, _ in self.uses.pop(blob_id.raw, ()):
-                self._fail(f, f"not restored: {reason}")
+                self.writer.fail(f, f"not restored: {reason}")
 
-    def _deliver(self, blob_id: ObjectId, plain: bytes) -> None:
-        zero = _is_zero(plain)  # not written: the preallocated file reads as zeros (sparse)
+    def deliver(self, blob_id: ObjectId, plain: bytes) -> None:
+        zero = is_zero(plain)  # not written: the preallocated file reads as zeros (sparse)
         with self.lock:
             for f, offset in self.uses.pop(blob_id.raw, ()):
-                if self.closed:
+                if self.writer.closed:
                     raise Cancelled("cancelled")
                 if f.failed:
                     continue
-                fd = self._fd(f)
-                if not zero:
-                    try:
-                        _write_sparse(fd, plain, offset)
-                    except OSError as exc:
-                        exc.filename = exc.filename or f.path
-                        raise
+                self.writer.write(f, plain, offset, zero=zero)
                 f.remaining -= 1
                 self.bytes_done += len(plain)
                 if f.remaining == 0:
-                    self._complete(f)
-
-    # The methods below run with self.lock held.
-
-    def _fd(self, f: _File) -> int:
-        fd = self.fds.get(f.num)
-        if fd is not None:
-            self.fds.move_to_end(f.num)
-            return fd
-        try:
-            fd = self._open_temp(f)
-        except OSError as exc:
-            exc.filename = f.path  # name the file the user knows, not its temp name
-            raise
-        self.fds[f.num] = fd
-        if len(self.fds) > OPEN_FILES:
-            os.close(self.fds.popitem(last=False)[1])
-        return fd
-
-    def _open_temp(self, f: _File) -> int:
-        flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-        if f.tmp is not None:
-            return os.open(f.tmp, flags)
-        while True:
-            tmp = _temp_path(f.path)
-            try:
-                fd = os.open(tmp, flags | os.O_CREAT | os.O_EXCL, 0o600)
-                break
-            except FileExistsError:
-                continue
-        self.temps.add(tmp)
-        f.tmp = tmp
-        try:
-            os.ftruncate(fd, f.node.size)  # holes stay holes: zero blocks are not written
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-
-    def _close(self, f: _File) -> None:
-        fd = self.fds.pop(f.num, None)
-        if fd is not None:
-            os.close(fd)
-
-    def _complete(self, f: _File) -> None:
-        """All blobs written: metadata, then rename into place, then its hard links."""
-        fd = self._fd(f)
-        self._file_meta(f.rel, fd, f.node)
-        self._close(f)
-        assert f.tmp is not None
-        try:
-            os.rename(f.tmp, f.path)
-        except OSError as exc:
-            exc.filename = f.path
-            raise
-        self.temps.discard(f.tmp)
-        f.done = True
-        self.files_done += 1
-        for link in f.links:
-            self._link(f, link)
-
-    def _fail(self, f: _File, message: str) -> None:
-        if f.failed or f.done:
-            return
-        f.failed = True
-        self._close(f)
-        if f.tmp is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(f.tmp)
-            self.temps.discard(f.tmp)
-        self._problem(f.rel, message, "damaged")
-        for link in f.links:
-            self._problem(link.rel, message, "damaged")
-
-    def _file_meta(self, rel: bytes, fd: int, node: Node) -> None:
-        failed: list[str] = []
-        for name, value in node.xattrs:
-            try:
-                os.setxattr(fd, name, value)
-            except OSError:
-                failed.append("extended attributes")
-                break
-        if self.owners:
-            try:
-                os.fchown(fd, node.uid, node.gid)
-            except OSError:
-                failed.append("owner")
-        try:
-            os.fchmod(fd, node.mode)  # after chown, which may clear set-id bits
-        except OSError:
-            failed.append("mode")
-        try:
-            os.utime(fd, ns=(node.atime_ns or node.mtime_ns, node.mtime_ns))
-        except OSError:
-            failed.append("times")
-        if failed:
-            self._problem(rel, f"could not restore {', '.join(failed)}", "metadata")
-
-    def _link(self, f: _File, link: _Link) -> None:
-        """Make `link` another name of the restored file `f` (a copy if links are refused)."""
-        tmp = _temp_path(link.path)
-        self.temps.add(tmp)
-        try:
-            os.link(f.path, tmp)
-        except OSError as exc:
-            if exc.errno not in (errno.EMLINK, errno.EPERM, errno.EXDEV, errno.ENOTSUP):
-                exc.filename = link.path
-                raise
-            logger.info("%s: hard link refused (%s), copying", display(link.rel), exc.strerror)
-            self._copy(f, tmp)
-        os.rename(tmp, link.path)
-        if os.path.lexists(tmp):  # rename between two names of one file does nothing
-            os.unlink(tmp)
-        self.temps.discard(tmp)
-        self.files_done += 1
-
-    def _copy(self, f: _File, tmp: bytes) -> None:
-        src = os.open(f.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                          | os.O_CLOEXEC, 0o600)
-            try:
-                os.ftruncate(dst, f.node.size)
-                offset = 0
-                while block := os.pread(src, 1 << 20, offset):
-                    _write_sparse(dst, block, offset)
-                    offset += len(block)
-                self._file_meta(f.rel, dst, f.node)
-            finally:
-                os.close(dst)
-        finally:
-            os.close(src)
+                    self.writer.complete(f)
+        self.report()
 
     # ---- the end (worker thread) ----------------------------------------------------------
 
     def finish(self) -> None:
         """Directory metadata, deepest first (creating files inside changed their times)."""
         for path, node in sorted(self.dirs, key=lambda d: d[0].count(b"/"), reverse=True):
-            self._check()
-            self._special_meta(path[len(self.target) + 1:], path, node)
+            self.check()
+            self.writer.special_meta(path[len(self.target) + 1:], path, node)
             self.dirs_done += 1

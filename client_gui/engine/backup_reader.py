@@ -1,0 +1,157 @@
+"""Reading files for a backup: open, chunk, hash, skip known chunks, hand new ones to the packer.
+
+Owns the reader pool and its slots, the hard-link map and the re-reading of files that change
+while read. It must not walk directories, build trees or talk to the vault.
+"""
+
+import logging
+import os
+import stat
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from client_gui.engine.backup_state import BackupState
+from client_gui.engine.dedup import BlobLedger
+from client_gui.engine.packer import Packer
+from client_gui.engine.scan import OwnerNames, open_file, read_xattrs, stat_node
+from shared.chunking import Chunker
+from shared.errors import CairnError, Cancelled
+from shared.format.tree import Node, NodeType
+from shared.hashing import keyed_id
+from shared.ids import BlobType, ObjectId
+
+logger = logging.getLogger(__name__)
+
+
+class FileReader:
+    """Turns regular files into FILE nodes for one backup run.
+
+    `save` is called by the walker only; the reads run on the reader pool. `problem` and
+    `report` are the run's per-file problem and throttled progress callbacks.
+    """
+
+    def __init__(self, state: BackupState, ledger: BlobLedger, packer: Packer, owners: OwnerNames,
+                 *, id_key: bytes, read_retries: int, new_chunker: Callable[[], Chunker],
+                 problem: Callable[[bytes, str, str], None], report: Callable[[], None],
+                 workers: int, files_in_flight: int) -> None:
+        self.state = state
+        self.stats = state.stats
+        self.ledger = ledger
+        self.packer = packer
+        self.owners = owners
+        self.id_key = id_key
+        self.read_retries = read_retries
+        self.new_chunker = new_chunker
+        self.problem = problem
+        self.report = report
+        self.file_slots = threading.BoundedSemaphore(files_in_flight)
+        self.file_pool = ThreadPoolExecutor(workers, thread_name_prefix="cairn-read")
+        self.hardlinks: dict[tuple[int, int], Future[Node | None] | Node] = {}
+
+    def shutdown(self) -> None:
+        """Stop the readers: reads not started are dropped, running ones finish."""
+        self.file_pool.shutdown(wait=True, cancel_futures=True)
+
+    def _count_file(self, node: Node) -> None:
+        """Count a file going into the snapshot (the stats count what the snapshot holds).
+
+        Call with `stats_lock` held.
+        """
+        self.stats.files += 1
+        self.stats.bytes += node.size
+
+    def save(self, path: bytes, name: bytes, st: os.stat_result,
+             parent: Node | None) -> "Node | Future[Node | None]":
+        """The node of the file at `path`: `parent` if unchanged, else a future of a read."""
+        if (parent is not None and parent.type == NodeType.FILE and parent.size == st.st_size
+                and parent.mtime_ns == st.st_mtime_ns and parent.ctime_ns == st.st_ctime_ns
+                and parent.inode == st.st_ino and self.ledger.reuse(parent)):
+            with self.state.stats_lock:
+                self._count_file(parent)
+                self.stats.unchanged_files += 1
+            if st.st_nlink > 1:
+                self.hardlinks.setdefault((st.st_dev, st.st_ino), parent)
+            return parent
+        link_key = (st.st_dev, st.st_ino)
+        if st.st_nlink > 1 and link_key in self.hardlinks:
+            first = self.hardlinks[link_key]
+            first_node = first.result() if isinstance(first, Future) else first
+            if first_node is not None:
+                with self.state.stats_lock:
+                    self._count_file(first_node)  # another name of a file read once
+                return stat_node(name, NodeType.FILE, st, self.owners, size=first_node.size,
+                                 content=first_node.content, xattrs=first_node.xattrs)
+        while not self.file_slots.acquire(timeout=0.5):
+            self.state.check()
+        try:
+            fut = self.file_pool.submit(self._read_file, path, name, parent)
+        except BaseException:
+            self.file_slots.release()
+            raise
+        if st.st_nlink > 1:
+            self.hardlinks[link_key] = fut
+        return fut
+
+    def _read_file(self, path: bytes, name: bytes, parent: Node | None) -> Node | None:
+        try:
+            node = self._read_file_inner(path, name, parent)
+            if node is not None:  # files that could not be read are not in the snapshot
+                with self.state.stats_lock:
+                    self._count_file(node)
+                    if parent is None:
+                        self.stats.new_files += 1
+                    else:
+                        self.stats.changed_files += 1
+            return node
+        except (Cancelled, CairnError):
+            raise
+        except BaseException as exc:
+            self.state.fail(exc)
+            raise
+        finally:
+            self.file_slots.release()
+
+    def _read_file_inner(self, path: bytes, name: bytes, parent: Node | None) -> Node | None:
+        chunker = self.new_chunker()
+        for attempt in range(1 + max(0, self.read_retries)):
+            try:
+                fd = open_file(path)
+            except OSError as exc:
+                self.problem(path, f"cannot read: {exc.strerror}", "unreadable")
+                return None
+            try:
+                with open(fd, "rb", buffering=0, closefd=True) as f:
+                    before = os.fstat(fd)
+                    if not stat.S_ISREG(before.st_mode):
+                        self.problem(path, "is no longer a regular file", "changed")
+                        return None
+                    content: list[ObjectId] = []
+                    size = 0
+                    for chunk in chunker.split_stream(f):
+                        self.state.check()
+                        blob_id = keyed_id(self.id_key, chunk)
+                        content.append(blob_id)
+                        self.ledger.use(blob_id)
+                        size += len(chunk)
+                        if self.ledger.claim(blob_id):
+                            self.packer.submit_seal(BlobType.DATA, blob_id, bytes(chunk))
+                        with self.state.stats_lock:
+                            self.stats.bytes_read += len(chunk)
+                        self.report()
+                    after = os.fstat(fd)
+            except OSError as exc:
+                self.problem(path, f"read error: {exc.strerror}", "unreadable")
+                return None
+            if (size == after.st_size == before.st_size
+                    and before.st_mtime_ns == after.st_mtime_ns
+                    and before.st_ctime_ns == after.st_ctime_ns):
+                return stat_node(name, NodeType.FILE, after, self.owners, size=size,
+                                 content=tuple(content), xattrs=read_xattrs(path))
+            logger.info("%s changed while read (attempt %d), reading again", path, attempt + 1)
+        if parent is not None and parent.type == NodeType.FILE and self.ledger.reuse(parent):
+            self.problem(path, "kept changing while being read; the previous version is kept",
+                         "changed")
+            return parent
+        self.problem(path, "kept changing while being read; not backed up", "changed")
+        return None
