@@ -22,11 +22,10 @@ from client_gui.engine.check_pack import MIN_HEADER, PACK_READS, PIECE_SIZE, Pac
 from client_gui.engine.check_run import CheckRun
 from client_gui.engine.check_tree import TreeCheck
 from client_gui.engine.progress import CancelToken, NullSink, ProgressSink
-from client_gui.engine.vault import SnapshotRef, Vault
+from client_gui.engine.vault import SnapshotRef, Vault, get_verified
 from shared.crypto.keys import decode_key_slot
 from shared.errors import CairnError, IntegrityError, NotAVault, ObjectNotFound
 from shared.format.config import verify_config
-from shared.hashing import object_id
 from shared.ids import ObjectId, ObjectKind
 
 __all__ = [
@@ -173,9 +172,7 @@ class _Check:
         """Vault.load_key_slots skips damaged slots; here each one is reported."""
         async for info in self.vault.store.list(ObjectKind.KEY):
             try:
-                data = await self.vault.store.get(info.key)
-                if object_id(data).hex() != info.key.name:
-                    raise IntegrityError("content does not match its name")
+                data = await get_verified(self.vault.store, info.key)
                 decode_key_slot(data, f"key slot {info.key.name[:8]}")
             except DAMAGE_ERRORS as exc:
                 self.findings.add(

@@ -86,6 +86,15 @@ def username() -> str:
         return str(os.getuid())
 
 
+async def get_verified(store: ObjectStore, key: ObjectKey) -> bytes:
+    """A whole object, checked against its name (every object is named by its BLAKE3)."""
+    data = await store.get(key)
+    if object_id(data).hex() != key.name:
+        raise IntegrityError(f"{key.kind.value}/{key.name[:12]} is damaged: content does not "
+                             "match its name")
+    return data
+
+
 class BlobIndex:
     """blob ID -> location, the union of every index segment (plus re-read pack headers)."""
 
@@ -179,9 +188,7 @@ class Vault:
             raise NotAVault("not a Cairn vault (no config found)")
         if len(names) > 1:
             raise IntegrityError("vault has more than one config object")
-        data = await store.get(names[0])
-        if object_id(data).hex() != names[0].name:
-            raise IntegrityError("vault config is damaged: content does not match its name")
+        data = await get_verified(store, names[0])
         return decode_config(data), data
 
     @classmethod
@@ -213,7 +220,7 @@ class Vault:
         out = []
         async for info in store.list(ObjectKind.KEY):
             try:
-                data = await store.get(info.key)
+                data = await get_verified(store, info.key)
                 out.append((info.key.name, decode_key_slot(data)))
             except CairnError as exc:
                 logger.warning("skipping unreadable key slot %s: %s", info.key.name[:8], exc)
@@ -253,12 +260,7 @@ class Vault:
     # ---- raw sealed objects ---------------------------------------------------------------
 
     async def get_verified(self, key: ObjectKey) -> bytes:
-        """A whole object, checked against its name (every object is named by its BLAKE3)."""
-        data = await self.store.get(key)
-        if object_id(data).hex() != key.name:
-            raise IntegrityError(f"{key.kind.value}/{key.name[:12]} is damaged: content does "
-                                 "not match its name")
-        return data
+        return await get_verified(self.store, key)
 
     async def put_object(self, kind: ObjectKind, data: bytes) -> ObjectId:
         oid = object_id(data)
