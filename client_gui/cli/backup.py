@@ -1,13 +1,14 @@
 """`cairn backup`: argparse wiring and output around engine.backup."""
 
 import argparse
-import os
+import dataclasses
 
 from client_gui.cli.context import Context
 from client_gui.cli.output import human_duration, human_size
 from client_gui.engine.backup import BackupPlan, backup
 from client_gui.engine.exclude import load_exclude_file
 from client_gui.engine.progress import CancelToken
+from client_gui.engine.scan import abs_paths
 from shared.errors import UsageError
 
 
@@ -52,9 +53,7 @@ async def run(ctx: Context, cancel: CancelToken) -> int:
                       one_file_system=args.one_file_system, tags=tuple(args.tag),
                       hostname=args.host, parent=args.parent,
                       checkpoint_interval=args.checkpoint_interval)
-    for p in args.paths:  # fail before asking for a passphrase
-        if not os.path.lexists(p):
-            raise UsageError(f"path not found: {p}")
+    abs_paths(plan.paths)  # the engine's own check, run before asking for a passphrase
     out = ctx.out
     async with ctx.open_vault() as vault:
         result = await backup(vault, plan, progress=out, cancel=cancel)
@@ -62,7 +61,7 @@ async def run(ctx: Context, cancel: CancelToken) -> int:
     s = result.snapshot.stats
     out.emit({"type": "summary", "snapshot_id": result.snapshot_id.hex(),
               "short_id": result.snapshot_id.short(),
-              **{k: getattr(s, k) for k in s.__dataclass_fields__},
+              **dataclasses.asdict(s),
               "problems": len(result.problems)})
     out.line(f"snapshot {result.snapshot_id.short()} saved")
     out.line(f"  files:     {s.new_files} new, {s.changed_files} changed, "

@@ -107,8 +107,8 @@ class Context:
 
     # ---- opening --------------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def open_vault(self, *, load_index: bool = True) -> AsyncIterator[Vault]:
+    async def read_config(self) -> tuple[ObjectStore, VaultConfig]:
+        """The vault's store and config (no passphrase needed); errors name the vault."""
         root = self.local_root()
         if root is not None and not root.is_dir():
             raise NotAVault(f"no vault at {root}: the folder does not exist "
@@ -118,6 +118,11 @@ class Context:
             config, _ = await Vault.read_config(store)
         except NotAVault as exc:
             raise NotAVault(f"{self.vault_spec} is {exc}") from exc
+        return store, config
+
+    @asynccontextmanager
+    async def open_vault(self, *, load_index: bool = True) -> AsyncIterator[Vault]:
+        store, config = await self.read_config()
         cache = self.cache_root()
         if cache is not None:
             store = CachingStore(store, cache / config.vault_id.hex())

@@ -4,6 +4,7 @@ The only module of the CLI that writes to stdout/stderr. JSON is serialised from
 engine dataclasses the GUI receives.
 """
 
+import dataclasses
 import json
 import sys
 import time
@@ -86,7 +87,7 @@ class Output:
             now = time.monotonic()
             if now - self._last_json >= JSON_PROGRESS_INTERVAL:
                 self._last_json = now
-                self.emit({"type": "progress", "job": _job(p), **_fields(p)})
+                self.emit({"type": "progress", "job": _job(p), **dataclasses.asdict(p)})
             return
         if self.quiet or not self.err.isatty():
             return
@@ -150,7 +151,3 @@ def _job(p: Progress) -> str:
     if isinstance(p, RestoreProgress):
         return "restore"
     return "check"
-
-
-def _fields(p: Progress) -> dict[str, Any]:
-    return {name: getattr(p, name) for name in p.__dataclass_fields__}

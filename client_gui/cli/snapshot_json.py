@@ -1,10 +1,10 @@
 """JSON and table forms of snapshots, shared by the listing commands."""
 
+import dataclasses
 from typing import Any
 
 from client_gui.cli.output import format_time, human_size, iso_time
 from client_gui.engine.vault import SnapshotRef
-from client_gui.engine.walk import display
 
 
 def path_text(raw: bytes) -> str:
@@ -19,7 +19,7 @@ def snapshot_json(ref: SnapshotRef) -> dict[str, Any]:
         "tags": list(s.tags), "parent": s.parent.hex() if s.parent else None,
         "tree": s.tree.hex(), "checkpoint": s.checkpoint, "program": s.program,
         "excludes": list(s.excludes),
-        "stats": {name: getattr(s.stats, name) for name in s.stats.__dataclass_fields__},
+        "stats": dataclasses.asdict(s.stats),
     }
 
 
@@ -34,5 +34,3 @@ def snapshot_row(ref: SnapshotRef) -> str:
 
 SNAPSHOT_HEADER = (f"{'ID':<8}  {'Time':<19}  {'Host':<12}  {'Tags':<10}  {'Files':>8}  "
                    f"{'Size':>10}  Paths")
-
-__all__ = ["SNAPSHOT_HEADER", "display", "path_text", "snapshot_json", "snapshot_row"]

@@ -1,6 +1,7 @@
 """`cairn init | key | check | forget | prune | stats`: managing the vault itself."""
 
 import argparse
+import dataclasses
 import re
 from datetime import timedelta
 from typing import Any
@@ -15,7 +16,7 @@ from client_gui.engine.prune import prune
 from client_gui.engine.retention import RetentionRules
 from client_gui.engine.secrets import vault_account
 from client_gui.engine.vault import Vault
-from shared.errors import DamageFound, NotAVault, UsageError, VaultExists
+from shared.errors import DamageFound, UsageError, VaultExists
 from shared.storage.local import LocalStore
 
 
@@ -189,11 +190,7 @@ async def key_remember(ctx: Context) -> int:
 
 
 async def key_forget(ctx: Context) -> int:
-    store = ctx.raw_store()
-    try:
-        config, _ = await Vault.read_config(store)
-    except NotAVault as exc:
-        raise NotAVault(f"{ctx.vault_spec} is {exc}") from exc
+    _, config = await ctx.read_config()
     ctx.secrets.delete(vault_account(config.vault_id))
     ctx.out.line("passphrase removed from the OS keyring")
     return 0
@@ -276,7 +273,7 @@ async def run_forget(ctx: Context, cancel: CancelToken) -> int:
 
 
 def _prune_json(pr: Any) -> dict[str, Any]:
-    return {name: getattr(pr, name) for name in pr.__dataclass_fields__}
+    return dataclasses.asdict(pr)
 
 
 def _prune_lines(ctx: Context, pr: Any) -> None:
@@ -306,7 +303,7 @@ async def run_stats(ctx: Context) -> int:
         if ctx.args.snapshots:
             refs = [await vault.find_snapshot(s, refs) for s in ctx.args.snapshots]
         st = await browse.stats(vault, refs)
-    ctx.out.emit({name: getattr(st, name) for name in st.__dataclass_fields__})
+    ctx.out.emit(dataclasses.asdict(st))
     dedup = st.restore_size / st.unique_size if st.unique_size else 0.0
     comp = st.unique_size / st.stored_size if st.stored_size else 0.0
     ctx.out.line(f"snapshots:            {st.snapshots}")

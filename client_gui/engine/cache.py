@@ -10,6 +10,7 @@ import os
 from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 
+from client_gui.engine.exclude import CACHEDIR_SIGNATURE
 from shared.hashing import object_id
 from shared.ids import ObjectInfo, ObjectKey, ObjectKind
 from shared.storage.base import ObjectStore
@@ -17,8 +18,7 @@ from shared.storage.base import ObjectStore
 logger = logging.getLogger(__name__)
 
 CACHED_KINDS = frozenset({ObjectKind.INDEX, ObjectKind.SNAPSHOT, ObjectKind.KEY})
-CACHEDIR_TAG = (b"Signature: 8a477f597d28d172789f06886806bc55\n"
-                b"# This file is a cache directory tag created by cairn.\n")
+CACHEDIR_TAG = CACHEDIR_SIGNATURE + b"\n# This file is a cache directory tag created by cairn.\n"
 
 
 class CachingStore:
