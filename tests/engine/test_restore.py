@@ -150,6 +150,18 @@ class RecordingStore(ForwardingStore):
 
 
 
+async def open_recording(vault_factory: VaultFactory, root: Path) -> tuple[Vault, RecordingStore]:
+    """Reopen the vault through a RecordingStore and return both."""
+    stores: list[RecordingStore] = []
+
+    def wrap(inner: ObjectStore) -> ObjectStore:
+        stores.append(RecordingStore(inner))
+        return stores[-1]
+
+    vault = await vault_factory.open(root, wrap)
+    return vault, stores[0]
+
+
 def data_packs(vault: Vault) -> set[ObjectId]:
     return {pid for pid, entries in vault.index.packs.items()
             if entries and entries[0].type == BlobType.DATA}
@@ -634,15 +646,7 @@ async def test_restore_cancel_removes_temp_files(tmp_path: Path,
     src = tmp_path / "src"
     many_files(src, 20, 50_000, seed=6)
     _, root, ref = await backed_up(vault_factory, src, pack_size=300_000)
-    store: RecordingStore | None = None
-
-    def wrap(inner: ObjectStore) -> ObjectStore:
-        nonlocal store
-        store = RecordingStore(inner)
-        return store
-
-    vault = await vault_factory.open(root, wrap)
-    assert store is not None
+    vault, store = await open_recording(vault_factory, root)
     token = CancelToken()
     store.token = token
     store.cancel_on = {sorted(data_packs(vault))[1]}
@@ -665,15 +669,7 @@ async def test_restore_reads_each_pack_once_in_order(tmp_path: Path,
     make_tree(src, {f"shared{i}": shared_block for i in range(4)})  # one blob, many files
     make_tree(src, {"large": rng.randbytes(2 << 20)})
     _, root, ref = await backed_up(vault_factory, src, pack_size=150_000)
-    store: RecordingStore | None = None
-
-    def wrap(inner: ObjectStore) -> ObjectStore:
-        nonlocal store
-        store = RecordingStore(inner)
-        return store
-
-    vault = await vault_factory.open(root, wrap)
-    assert store is not None
+    vault, store = await open_recording(vault_factory, root)
     packs = data_packs(vault)
     store.gets.clear()
 
