@@ -48,6 +48,12 @@ class RangeError(StorageError):
     code = "range"
 
 
+class PayloadTooLarge(StorageError):
+    """An upload bigger than the server accepts for one object."""
+
+    code = "too_large"
+
+
 class StorageUnavailable(StorageError):
     """Transient: the only retryable storage error."""
 
@@ -86,7 +92,25 @@ class UnsupportedFormat(CairnError):
 
 
 class AuthError(CairnError):
+    """Not signed in, a bad or revoked token, or a wrong user name or password."""
+
     code = "auth"
+
+
+class TokenExpired(AuthError):
+    """The device token is past its expiry: sign in again (renew only works before expiry)."""
+
+    code = "token_expired"
+
+
+class RateLimited(AuthError):
+    """Too many failed sign-ins from this address or for this user; try again later."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # seconds until a sign-in is accepted again
 
 
 class NoSuchSnapshot(CairnError):

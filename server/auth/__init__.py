@@ -1,0 +1,1 @@
+"""Authentication: password hashes, signed device tokens, sign-in rate limits, the service."""

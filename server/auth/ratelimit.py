@@ -1,0 +1,58 @@
+"""Sign-in rate limiting: at most N failures per user name and per client address in a window.
+
+In memory, per server process: a restart forgets failures, which costs an attacker a server
+restart per N guesses. Old entries are dropped as they age, and the table is bounded.
+"""
+
+import time
+from collections import deque
+from collections.abc import Callable
+
+from shared.errors import RateLimited
+
+_MAX_KEYS = 100_000  # beyond this, the stalest keys are forgotten first
+
+
+class SignInLimiter:
+    def __init__(self, max_failures: int, window: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._max = max_failures
+        self._window = window
+        self._clock = clock
+        self._failures: dict[str, deque[float]] = {}
+
+    def _keys(self, user: str, remote: str) -> tuple[str, str]:
+        return f"user:{user}", f"addr:{remote}"
+
+    def _recent(self, key: str, now: float) -> deque[float] | None:
+        times = self._failures.get(key)
+        if times is None:
+            return None
+        while times and times[0] <= now - self._window:
+            times.popleft()
+        if not times:
+            del self._failures[key]
+            return None
+        return times
+
+    def check(self, user: str, remote: str) -> None:
+        """Raise RateLimited if the user or the address has too many recent failures."""
+        now = self._clock()
+        for key in self._keys(user, remote):
+            times = self._recent(key, now)
+            if times is not None and len(times) >= self._max:
+                wait = max(1.0, times[0] + self._window - now)
+                raise RateLimited(
+                    f"too many failed sign-ins; try again in {int(wait + 0.999)} s", wait)
+
+    def failed(self, user: str, remote: str) -> None:
+        now = self._clock()
+        for key in self._keys(user, remote):
+            self._failures.setdefault(key, deque()).append(now)
+            self._failures[key] = self._failures.pop(key)  # most recently failed last
+        while len(self._failures) > _MAX_KEYS:
+            del self._failures[next(iter(self._failures))]
+
+    def succeeded(self, user: str) -> None:
+        """A correct password clears the user's failures (never the address's)."""
+        self._failures.pop(f"user:{user}", None)
