@@ -242,6 +242,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         "objects": sum(v.objects for v in vaults), "disk_free_bytes": disk.free,
         "disk_total_bytes": disk.total,
     }
+    if config.tls_cert is not None:
+        from server.serve import cert_fingerprint
+
+        status["tls_fingerprint"] = cert_fingerprint(config.tls_cert)
     if args.json:
         _out(json.dumps(status))
         return 0
@@ -252,6 +256,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     _out(f"vaults:      {status['vaults']}, {status['objects']} objects, "
          f"{_size_text(status['stored_bytes'])}")
     _out(f"disk:        {_size_text(disk.free)} free of {_size_text(disk.total)}")
+    if "tls_fingerprint" in status:
+        _out(f"TLS certificate SHA-256: {status['tls_fingerprint']}")
     return 0
 
 

@@ -1,14 +1,20 @@
 """Server logging: JSON lines on stdout (journald and log shippers read them as they are).
 
-Configured only by the entry point (`server/__main__.py`). Records carry the request id when
-the middleware set one (`extra={"request_id": ...}`); secrets are never passed to loggers.
+Configured only by the entry point (`server/__main__.py`). Records logged while a request is
+handled carry its id (`current_request_id`, set by the middleware); secrets are never passed
+to loggers.
 """
 
 import json
 import logging
 import sys
 import time
+from contextvars import ContextVar
 from typing import Any
+
+# Set by the request-id middleware; each request runs in its own task, so every record logged
+# while a request is handled carries its id.
+current_request_id: ContextVar[str | None] = ContextVar("current_request_id", default=None)
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -26,6 +32,9 @@ class JsonFormatter(logging.Formatter):
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value if isinstance(value, str | int | float | bool | None) \
                     else str(value)
+        request_id = current_request_id.get()
+        if request_id is not None:
+            entry.setdefault("request_id", request_id)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)

@@ -4,8 +4,11 @@ import asyncio
 import logging
 import signal
 import ssl
+from pathlib import Path
 
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from server.app import create_app
 from server.config import ServerConfig
@@ -15,6 +18,19 @@ logger = logging.getLogger(__name__)
 
 # Let uploads in flight finish (a 64 MiB pack on a slow link) before a restart cuts them off.
 _SHUTDOWN_TIMEOUT = 30.0
+
+
+def cert_fingerprint(path: Path) -> str:
+    """SHA-256 of the (first) certificate in PEM file `path`, as AB:CD:... — what a client
+    shows its user before pinning it (trust on first use)."""
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except OSError as exc:
+        raise UsageError(f"cannot read the TLS certificate {path}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise UsageError(f"{path} is not a PEM certificate") from exc
+    digest = cert.fingerprint(hashes.SHA256()).hex().upper()
+    return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
 
 
 def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
@@ -54,6 +70,10 @@ async def serve(config: ServerConfig) -> None:
             shown = f"[{host}]" if ":" in host else host
             logger.info("listening", extra={"event": "listening",
                                             "url": f"{config.scheme}://{shown}:{port}"})
+        if config.tls_cert is not None:
+            logger.info("TLS certificate fingerprint (SHA-256) %s",
+                        cert_fingerprint(config.tls_cert),
+                        extra={"event": "tls", "fingerprint": cert_fingerprint(config.tls_cert)})
         await stop.wait()
         logger.info("stopping", extra={"event": "stopping"})
     finally:

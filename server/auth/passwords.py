@@ -3,6 +3,8 @@
 Both calls take ~0.1 s of CPU and 64 MiB: run them in a thread (asyncio.to_thread).
 """
 
+import functools
+
 import nacl.exceptions
 import nacl.pwhash
 
@@ -11,8 +13,13 @@ _OPS = 3
 _MEM = 64 << 20
 MAX_PASSWORD = 1024  # bytes; longer inputs are refused before hashing
 
-# Verified against when the user does not exist, so an unknown name costs the same time.
-_DUMMY = nacl.pwhash.argon2id.str(b"cairn-dummy-password", opslimit=_OPS, memlimit=_MEM)
+
+
+@functools.cache
+def _dummy_hash() -> bytes:
+    """Verified against when the user does not exist, so an unknown name costs the same time
+    (made on first use: importing this module does no work)."""
+    return nacl.pwhash.argon2id.str(b"cairn-dummy-password", opslimit=_OPS, memlimit=_MEM)
 
 
 def hash_password(password: str) -> str:
@@ -27,7 +34,7 @@ def verify_password(stored: str | None, password: str) -> bool:
     data = password.encode("utf-8")
     if len(data) > MAX_PASSWORD:
         return False
-    target = _DUMMY if stored is None else stored.encode("ascii")
+    target = _dummy_hash() if stored is None else stored.encode("ascii")
     try:
         ok = bool(nacl.pwhash.verify(target, data))
     except (nacl.exceptions.InvalidkeyError, nacl.exceptions.CryptoError, ValueError):

@@ -7,6 +7,7 @@ Backends never retry or verify internally: that is the job of shared.storage.wra
 import asyncio
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from shared.errors import ObjectNotFound, RangeError
@@ -101,6 +102,25 @@ def check_range(key: ObjectKey, size: int, offset: int, length: int | None) -> i
         wanted = "the rest" if length is None else f"{length} bytes"
         raise RangeError(f"cannot read {wanted} at offset {offset} of {key}: it has {size} bytes")
     return end - offset
+
+
+@runtime_checkable
+class SupportsLocalPath(Protocol):
+    """A store whose objects are plain files, so a server can send them with sendfile."""
+
+    def path_of(self, key: ObjectKey) -> Path:
+        """The file that holds `key` once it is stored (it may not exist); no I/O."""
+        ...
+
+
+@runtime_checkable
+class SupportsOrderedList(Protocol):
+    """A store that lists in name order without sorting everything (one page at a time)."""
+
+    def list_after(self, kind: ObjectKind, after: str | None = None) -> AsyncIterator[ObjectInfo]:
+        """Every stored object of `kind` whose name sorts after `after` (all if None), in
+        ascending name order, produced lazily: stopping early costs only what was read."""
+        ...
 
 
 @runtime_checkable

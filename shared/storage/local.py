@@ -15,7 +15,7 @@ import secrets
 import stat
 import sys
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Self
@@ -103,6 +103,31 @@ class LocalStore:
                 found = await asyncio.to_thread(_scan, shard, kind)
             for info in found:
                 yield info
+
+    async def list_after(
+        self, kind: ObjectKind, after: str | None = None
+    ) -> AsyncGenerator[ObjectInfo, None]:
+        """SupportsOrderedList: packs are read one shard folder at a time, in order, so a
+        page of a listing costs one or a few shards, never a sort of the whole vault."""
+        folder = self._root / kind.value
+        shards = [folder]
+        if kind is ObjectKind.PACK:
+            with _os_errors(f"list {folder}"):
+                shards = sorted(await asyncio.to_thread(_shard_folders, folder),
+                                key=lambda shard: shard.name)
+            if after is not None:
+                shards = [shard for shard in shards if shard.name >= after[:2]]
+        for shard in shards:
+            with _os_errors(f"list {shard}"):
+                found = await asyncio.to_thread(_scan, shard, kind)
+            found.sort(key=lambda info: info.key.name)
+            for info in found:
+                if after is None or info.key.name > after:
+                    yield info
+
+    def path_of(self, key: ObjectKey) -> Path:
+        """SupportsLocalPath: the file of `key` (it may not exist)."""
+        return self._path(key)
 
     async def delete(self, key: ObjectKey) -> None:
         with _os_errors(f"delete {key} under {self._root}", key):

@@ -1,0 +1,64 @@
+"""`create_app(config)`: the aiohttp application of cairn-server (API v1).
+
+It does no I/O: the database, the auth service (signing keys) and the vault registry are
+opened by the cleanup context when the app starts and closed when it stops. JSON bodies are
+capped at `config.json_body_limit` (client_max_size); object uploads stream and are limited
+by `config.max_object_size` in the vault registry instead.
+"""
+
+import asyncio
+import importlib.metadata
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from server.auth.service import AuthService
+from server.config import ServerConfig
+from server.db.database import AsyncDatabase
+from server.keys import AUTH, CONFIG, DB, METRICS, OPENAPI_DOC, VAULTS, VERSION
+from server.metrics import Metrics
+from server.middlewares import access_log_middleware, error_middleware, request_id_middleware
+from server.openapi import build_openapi
+from server.routes import setup_routes
+from server.storage.vaults import VaultRegistry
+
+logger = logging.getLogger(__name__)
+
+DISTRIBUTION = "cairn-backup"
+
+
+def create_app(config: ServerConfig) -> web.Application:
+    app = web.Application(
+        client_max_size=config.json_body_limit,
+        middlewares=[request_id_middleware, access_log_middleware, error_middleware],
+    )
+    app[CONFIG] = config
+    app[METRICS] = Metrics()
+    app[OPENAPI_DOC] = build_openapi()
+    app.cleanup_ctx.append(_services)
+    setup_routes(app)
+    return app
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+async def _services(app: web.Application) -> AsyncIterator[None]:
+    """Open the database and the services on it; close the database when the app stops."""
+    config = app[CONFIG]
+    db = await AsyncDatabase.open(config.db_path)
+    try:
+        app[DB] = db
+        app[AUTH] = await asyncio.to_thread(AuthService.from_config, config, db)
+        app[VAULTS] = VaultRegistry(config, db, app[METRICS])
+        await app[VAULTS].reconcile()
+        app[VERSION] = await asyncio.to_thread(_version)
+        logger.info("serving data folder %s", config.data_dir)
+        yield
+    finally:
+        await db.close()
