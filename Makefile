@@ -1,9 +1,9 @@
 # Two commands for a fresh clone (see README.md):
-#   make run   - install, then create a vault, back up a sample tree, list it, restore, compare
+#   make run   - install, start a local cairn-server, create a user, back up a sample tree
+#                through it, restore it, compare (.ci/demo)
 #   make test  - install everything, then run linters and the whole test suite
 VENV := .venv
 PY := $(VENV)/bin/python
-CAIRN := $(VENV)/bin/cairn
 DEMO := $(CURDIR)/demo
 export PYTHONDONTWRITEBYTECODE := 1
 
@@ -19,26 +19,7 @@ $(VENV)/.installed: pyproject.toml .ci/system-packages
 setup: $(VENV)/.installed
 
 run: setup
-	rm -rf $(DEMO) && mkdir -p $(DEMO)/sample
-	cp -r README.md docs shared client_gui $(DEMO)/sample/
-	rm -rf $(DEMO)/sample/client_gui/__pycache__
-	mkdir -p $(DEMO)/sample/.cache && printf 'Signature: 8a477f597d28d172789f06886806bc55\n' > $(DEMO)/sample/.cache/CACHEDIR.TAG
-	ln -s README.md $(DEMO)/sample/link-to-readme
-	@echo "== cairn init"
-	CAIRN_PASSPHRASE=demo-passphrase $(CAIRN) --vault $(DEMO)/vault --cache-dir $(DEMO)/cache init
-	@echo "== cairn backup"
-	CAIRN_PASSPHRASE=demo-passphrase $(CAIRN) --vault $(DEMO)/vault --cache-dir $(DEMO)/cache backup $(DEMO)/sample
-	@echo "== cairn backup (again: nothing changed)"
-	CAIRN_PASSPHRASE=demo-passphrase $(CAIRN) --vault $(DEMO)/vault --cache-dir $(DEMO)/cache backup $(DEMO)/sample
-	@echo "== cairn snapshots"
-	CAIRN_PASSPHRASE=demo-passphrase $(CAIRN) --vault $(DEMO)/vault --cache-dir $(DEMO)/cache snapshots
-	@echo "== cairn restore latest"
-	CAIRN_PASSPHRASE=demo-passphrase $(CAIRN) --vault $(DEMO)/vault --cache-dir $(DEMO)/cache restore latest --target $(DEMO)/restored
-	@echo "== cairn check --read-data"
-	CAIRN_PASSPHRASE=demo-passphrase $(CAIRN) --vault $(DEMO)/vault --cache-dir $(DEMO)/cache check --read-data
-	@echo "== compare"
-	diff -r --no-dereference $(DEMO)/sample $(DEMO)/restored$(DEMO)/sample
-	@echo "OK: the restored tree is identical to the original (demo/ holds the vault and the copy)"
+	bash .ci/demo
 
 # The CI job: lint, type-check, dependency rules, then every test not marked slow.
 test: setup

@@ -21,7 +21,7 @@ from aiohttp.typedefs import Handler
 from server.keys import CONFIG, METRICS, REQUEST_ID
 from server.logs import current_request_id
 from server.storage.quota import format_size
-from shared.errors import CairnError, RangeError, RateLimited
+from shared.errors import CairnError, QuotaExceeded, RangeError, RateLimited
 from shared.protocol.errors import error_body, status_for
 
 logger = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 def _cairn_error(request: web.Request, exc: CairnError) -> web.Response:
     status = status_for(exc)
     request_id = request.get(REQUEST_ID, "-")
-    if status >= 500:
+    if status >= 500 and not isinstance(exc, QuotaExceeded):  # 507 is the user's quota
         logger.error("%s %s failed: %s: %s", request.method, request.path, exc.code, exc,
                      extra={"request_id": request_id})
     else:

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.certs import ServerCert
+from tests.support.server import CairnServer
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -22,10 +25,11 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory,
     monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
     monkeypatch.setenv("CAIRN_CACHE_DIR", str(home / "cache"))
     monkeypatch.setenv("CAIRN_LOG_DIR", str(home / "log"))
+    monkeypatch.setenv("CAIRN_CONFIG_DIR", str(home / "config"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(home / "xdg-cache"))
     monkeypatch.setenv("XDG_STATE_HOME", str(home / "xdg-state"))
     for name in ("CAIRN_VAULT", "CAIRN_PASSPHRASE", "CAIRN_PASSPHRASE_FILE",
-                 "CAIRN_NEW_PASSPHRASE"):
+                 "CAIRN_NEW_PASSPHRASE", "CAIRN_USER", "CAIRN_PASSWORD", "CAIRN_CACERT"):
         monkeypatch.delenv(name, raising=False)
     yield
 
@@ -62,3 +66,41 @@ def make_tree(root: Path, spec: Mapping[str, bytes | str | None]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content.encode() if isinstance(content, str) else content)
     return root
+
+
+# ---- real cairn-server processes --------------------------------------------------------------
+
+SERVER_USER = "tester"
+SERVER_PASSWORD = "test server password"
+
+
+@pytest.fixture
+def cairn_servers(tmp_path: Path) -> Iterator[Callable[..., CairnServer]]:
+    """Start real cairn-server processes on 127.0.0.1 for this test; all stop at teardown.
+
+    `cairn_servers(tls=None, users={name: password}, **toml_options)` -> a started server;
+    by default one user SERVER_USER / SERVER_PASSWORD."""
+    started: list[CairnServer] = []
+
+    def start(*, tls: ServerCert | None = None, users: Mapping[str, str] | None = None,
+              **options: str) -> CairnServer:
+        server = CairnServer(tmp_path / f"server{len(started)}", tls=tls).init(**options)
+        started.append(server)
+        for name, password in (users or {SERVER_USER: SERVER_PASSWORD}).items():
+            server.add_user(name, password)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def session_cairn_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CairnServer]:
+    """One plain-HTTP cairn-server for the whole session (per xdist worker), with the user
+    SERVER_USER / SERVER_PASSWORD. Tests share it: give each its own vault."""
+    server = CairnServer(tmp_path_factory.mktemp("cairn-server")).init(fsync="false")
+    server.add_user(SERVER_USER, SERVER_PASSWORD)
+    server.start()
+    yield server
+    server.stop()

@@ -1,7 +1,17 @@
 """What every CLI command needs: the vault location, the passphrase, an opened vault.
 
+A vault is a folder (`--vault PATH`) or a vault on a cairn-server
+(`--vault https://HOST:PORT/NAME`; plain http only to this computer). Both give the same
+ObjectStore interface, so every command works the same on either.
+
 Passphrase sources, in order: --passphrase-file, $CAIRN_PASSPHRASE_FILE, $CAIRN_PASSPHRASE,
 the OS keyring, a prompt on a terminal. Never argv.
+
+Server credentials, in order: $CAIRN_USER + $CAIRN_PASSWORD (the owner's own password: a
+fresh sign-in with every scope, delete included), else the device token `cairn destination add`
+stored in the OS keyring (renewed tokens are stored back). TLS trust: --cacert/$CAIRN_CACERT,
+else what `cairn destination add` saved (a pinned fingerprint or a CA bundle), else the
+system CAs.
 """
 
 import argparse
@@ -16,20 +26,69 @@ import platformdirs
 
 from client_gui.cli.output import Output
 from client_gui.engine.cache import CachingStore
+from client_gui.engine.destinations import DestinationBook, token_account
+from client_gui.engine.remote import (
+    Credentials,
+    PasswordCredentials,
+    RemoteServer,
+    TokenCredentials,
+    parse_vault_url,
+)
 from client_gui.engine.secrets import KeyringSecretStore, SecretStore, vault_account
-from client_gui.engine.vault import Vault
-from shared.errors import NotAVault, UsageError, WrongPassphrase
+from client_gui.engine.tls import TlsPolicy
+from client_gui.engine.vault import Vault, hostname
+from shared.errors import (
+    AuthError,
+    NotAVault,
+    PermissionDenied,
+    RateLimited,
+    UsageError,
+    VaultExists,
+    WrongPassphrase,
+)
 from shared.format.config import VaultConfig
+from shared.protocol.models import Scope
 from shared.storage.base import ObjectStore
 from shared.storage.local import LocalStore
+from shared.storage.wrappers import ForwardingStore, RetryingStore
+
+# A password sign-in is the owner at the keyboard (or their script): every scope but admin.
+PASSWORD_SCOPES = (Scope.BACKUP, Scope.RESTORE, Scope.MAINTAIN)
+
+
+class _ClosesOnce(ForwardingStore):
+    """Lets both the Vault and the Context close the store: only the first close goes through."""
+
+    def __init__(self, inner: ObjectStore) -> None:
+        super().__init__(inner)
+        self._closed = False
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._inner.close()
 
 
 class Context:
     def __init__(self, args: argparse.Namespace, out: Output,
-                 secrets: SecretStore | None = None) -> None:
+                 secrets: SecretStore | None = None,
+                 destinations: DestinationBook | None = None) -> None:
         self.args = args
         self.out = out
         self.secrets = secrets or KeyringSecretStore()
+        self.destinations = destinations or DestinationBook()
+        self._stores: list[ObjectStore] = []
+        self._server: RemoteServer | None = None
+        self._credentials: Credentials | None = None
+
+    async def close(self) -> None:
+        """Close every store this context opened, and the server connection (which may have
+        been used without a store); safe to call again."""
+        stores, self._stores = self._stores, []
+        for store in stores:
+            await store.close()
+        if self._server is not None:
+            await self._server.close()  # idempotent: closing its store closed it already
 
     # ---- where ----------------------------------------------------------------------------
 
@@ -41,17 +100,113 @@ class Context:
         return spec
 
     def local_root(self) -> Path | None:
+        """The vault folder, or None for a vault on a server."""
         spec = self.vault_spec
-        if spec.startswith(("http://", "https://")):
+        if is_remote(spec):
             return None
         return Path(spec.removeprefix("file://")).expanduser().absolute()
 
+    def remote_target(self) -> tuple[str, str] | None:
+        """(server base URL, vault name) for a vault on a server, else None."""
+        spec = self.vault_spec
+        return parse_vault_url(spec) if is_remote(spec) else None
+
     def raw_store(self) -> ObjectStore:
-        root = self.local_root()
-        if root is None:
-            raise UsageError(f"server vaults ({self.vault_spec}) need cairn-server support, "
-                             "which this version does not have yet")
-        return LocalStore(root)
+        """The vault's store, not yet touched: a LocalStore, or for a server vault an HttpStore
+        behind a RetryingStore (transient errors are retried with back-off). Closed by close()."""
+        target = self.remote_target()
+        if target is None:
+            root = self.local_root()
+            assert root is not None
+            return self._track(LocalStore(root))
+        base_url, name = target
+        return self._track(RetryingStore(self.server(base_url).store(name)))
+
+    def _track(self, store: ObjectStore) -> ObjectStore:
+        once = _ClosesOnce(store)
+        self._stores.append(once)
+        return once
+
+    # ---- servers --------------------------------------------------------------------------
+
+    def cacert_policy(self) -> TlsPolicy | None:
+        """The TLS policy --cacert / $CAIRN_CACERT asks for, if any."""
+        path = getattr(self.args, "cacert", None) or os.environ.get("CAIRN_CACERT")
+        if not path:
+            return None
+        ca_file = Path(path).expanduser().absolute()
+        if not ca_file.is_file():
+            raise UsageError(f"CA bundle {ca_file} does not exist")
+        return TlsPolicy(ca_file=ca_file)
+
+    def credentials(self, base_url: str) -> Credentials:
+        """$CAIRN_USER + $CAIRN_PASSWORD, else the stored device token; UsageError if neither."""
+        user, password = os.environ.get("CAIRN_USER"), os.environ.get("CAIRN_PASSWORD")
+        if user and password:
+            # A device of its own, apart from the one `destination add` signed in: re-signing
+            # in one device narrows the scopes of that device's older tokens.
+            device = f"{hostname() or 'cairn'} (CAIRN_USER)"
+            return PasswordCredentials(user, password, device, PASSWORD_SCOPES)
+        account = token_account(base_url)
+        token = self.secrets.get(account)
+        if token:
+            def store_renewed(new_token: str) -> None:
+                if not self.secrets.set(account, new_token):
+                    self.out.info(f"note: the renewed token for {base_url} could not be stored "
+                                  "in the OS keyring")
+
+            return TokenCredentials(token, on_renewed=store_renewed)
+        raise UsageError(f"not signed in to {base_url}: run `cairn destination add {base_url}` "
+                         "or set CAIRN_USER and CAIRN_PASSWORD")
+
+    def server(self, base_url: str) -> RemoteServer:
+        """The RemoteServer for this run (one per process), with credentials and TLS trust."""
+        if self._server is None:
+            dest = self.destinations.get(base_url)
+            tls = self.cacert_policy() or (dest.tls if dest is not None else TlsPolicy())
+            self._credentials = self.credentials(base_url)
+            self._server = RemoteServer(base_url, self._credentials, tls=tls)
+        return self._server
+
+    async def require_delete(self, what: str) -> None:
+        """For a server vault: PermissionDenied now, before the vault is opened, if the token
+        cannot delete (append-only). The server enforces it anyway; this says it clearly."""
+        target = self.remote_target()
+        if target is None:
+            return
+        base_url = target[0]
+        try:
+            who = await self.server(base_url).whoami()
+        except (AuthError, RateLimited) as exc:
+            raise self._sign_in_error(exc, base_url) from exc
+        if Scope.MAINTAIN not in who.scopes:
+            raise PermissionDenied(
+                f"the token of this device for {base_url} is append-only (scopes "
+                f"{', '.join(who.scopes)}): {what} needs delete rights; sign in again with "
+                f"`cairn destination add {base_url} --allow-delete`, or set CAIRN_USER and "
+                "CAIRN_PASSWORD")
+
+    async def check_remote_vault(self) -> bool:
+        """First contact with a server vault: True if the vault exists, False if not.
+        Raises the server's errors (cannot reach, wrong password, expired token, ...) one
+        request early, without the back-off of the store's retries."""
+        target = self.remote_target()
+        assert target is not None
+        base_url, name = target
+        try:
+            await self.server(base_url).vault_info(name)
+        except NotAVault:
+            return False
+        except (AuthError, RateLimited) as exc:
+            raise self._sign_in_error(exc, base_url) from exc
+        return True
+
+    def _sign_in_error(self, exc: AuthError, base_url: str) -> AuthError:
+        """`exc` as a new error to raise from it (naming the user for a password sign-in)."""
+        creds = self._credentials
+        if isinstance(creds, PasswordCredentials):
+            return sign_in_error(exc, base_url, creds.user)
+        return type(exc)(str(exc))
 
     def cache_root(self) -> Path | None:
         if self.args.no_cache:
@@ -114,11 +269,30 @@ class Context:
             raise NotAVault(f"no vault at {root}: the folder does not exist "
                             "(create one with `cairn init`)")
         store = self.raw_store()
+        if root is None and not await self.check_remote_vault():
+            raise NotAVault(f"no vault at {self.vault_spec}: the server has no vault of that "
+                            "name for this user (create one with `cairn init`)")
         try:
             config, _ = await Vault.read_config(store)
         except NotAVault as exc:
             raise NotAVault(f"{self.vault_spec} is {exc}") from exc
         return store, config
+
+    async def new_remote_vault(self) -> "RemoteVaultCreator":
+        """For `cairn init` on a server: checks that the vault does not exist with a config
+        yet (VaultExists), before anything is created or a passphrase asked for."""
+        store = self.raw_store()
+        exists = await self.check_remote_vault()
+        if exists:
+            try:
+                await Vault.read_config(store)
+            except NotAVault:
+                pass  # created on the server by an earlier init that stopped: use it
+            else:
+                raise VaultExists(f"a vault already exists at {self.vault_spec}")
+        target = self.remote_target()
+        assert target is not None
+        return RemoteVaultCreator(self.server(target[0]), target[1], store, exists)
 
     @asynccontextmanager
     async def open_vault(self, *, load_index: bool = True) -> AsyncIterator[Vault]:
@@ -126,13 +300,42 @@ class Context:
         cache = self.cache_root()
         if cache is not None:
             store = CachingStore(store, cache / config.vault_id.hex())
-        vault = await Vault.open(store, self.passphrase_for)
+        vault = await Vault.open(store, self.passphrase_for)  # the store: closed by close()
         try:
             if load_index:
                 await vault.load_index()
             yield vault
         finally:
             await vault.close()
+
+
+class RemoteVaultCreator:
+    """The second step of `cairn init` on a server: create the vault there (if it is not
+    there yet) and hand back its store."""
+
+    def __init__(self, server: RemoteServer, name: str, store: ObjectStore,
+                 exists: bool) -> None:
+        self._server, self._name, self._store, self._exists = server, name, store, exists
+
+    async def create(self) -> ObjectStore:
+        if not self._exists:
+            try:
+                await self._server.create_vault(self._name)
+            except VaultExists:
+                pass  # another init got there first; Vault.create refuses a second config
+        return self._store
+
+
+def sign_in_error(exc: AuthError, base_url: str, user: str) -> AuthError:
+    """A refused password sign-in, saying where and as whom (other AuthErrors, such as an
+    untrusted certificate, already say what to do: a copy with the same message)."""
+    if type(exc) not in (AuthError, RateLimited):
+        return type(exc)(str(exc))
+    return type(exc)(f"cannot sign in to {base_url} as {user}: {exc}")
+
+
+def is_remote(spec: str) -> bool:
+    return spec.startswith(("http://", "https://"))
 
 
 def read_secret_file(path: str, what: str) -> str:

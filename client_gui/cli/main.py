@@ -15,7 +15,7 @@ from pathlib import Path
 
 import platformdirs
 
-from client_gui.cli import backup, browse, restore, vault
+from client_gui.cli import backup, browse, destination, restore, vault
 from client_gui.cli.context import Context
 from client_gui.cli.output import Output
 from client_gui.engine.progress import CancelToken
@@ -30,10 +30,14 @@ def add_common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     def d(value: object) -> object:
         return argparse.SUPPRESS if suppress else value
 
-    parser.add_argument("--vault", metavar="PATH", default=d(None),
-                        help="the vault (a folder); default $CAIRN_VAULT")
+    parser.add_argument("--vault", metavar="PATH|URL", default=d(None),
+                        help="the vault: a folder, or https://HOST:PORT/NAME on a cairn-server; "
+                        "default $CAIRN_VAULT")
     parser.add_argument("--passphrase-file", metavar="FILE", default=d(None),
                         help="read the passphrase from FILE")
+    parser.add_argument("--cacert", metavar="FILE", default=d(None),
+                        help="trust the cairn-server certificates this CA bundle (PEM) signed; "
+                        "default $CAIRN_CACERT")
     parser.add_argument("--json", action="store_true", default=d(False),
                         help="machine-readable output (JSON; one object per line for jobs)")
     parser.add_argument("-q", "--quiet", action="store_true", default=d(False),
@@ -59,13 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cairn", description="Encrypted, deduplicated backups.",
         epilog="The passphrase comes from --passphrase-file, $CAIRN_PASSPHRASE_FILE, "
-        "$CAIRN_PASSPHRASE, the OS keyring or a prompt; never from the command line.")
+        "$CAIRN_PASSPHRASE, the OS keyring or a prompt; never from the command line. "
+        "A vault on a cairn-server uses the token of `cairn destination add`, or "
+        "$CAIRN_USER and $CAIRN_PASSWORD.")
     add_common(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     vault.add_parsers(sub)
     backup.add_parser(sub)
     restore.add_parser(sub)
     browse.add_parsers(sub)
+    destination.add_parsers(sub)
     for child in _subparsers(parser):
         add_common(child, suppress=True)
     return parser
@@ -109,6 +116,13 @@ def setup_logging(verbose: int) -> None:
 
 
 async def _run(ctx: Context) -> int:
+    try:
+        return await _call(ctx)
+    finally:
+        await ctx.close()
+
+
+async def _call(ctx: Context) -> int:
     func = ctx.args.func
     if not getattr(ctx.args, "needs_cancel", False):
         result: int = await func(ctx)

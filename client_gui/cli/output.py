@@ -76,6 +76,12 @@ class Output:
         if self.json:
             print(json.dumps(obj, ensure_ascii=False), file=self.out, flush=True)
 
+    def ask(self, question: str) -> str:
+        """Ask on the terminal (stderr) and read one line of stdin; "" at end of input."""
+        self.stop_progress()
+        print(question, end="", file=self.err, flush=True)
+        return sys.stdin.readline().strip()
+
     def error(self, text: str) -> None:
         self.stop_progress()
         print(f"cairn: {text}", file=self.err, flush=True)

@@ -4,6 +4,7 @@ import argparse
 import dataclasses
 import re
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from client_gui.cli.context import Context
@@ -100,31 +101,31 @@ def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
 
 async def init(ctx: Context) -> int:
     args = ctx.args
-    root = ctx.local_root()
-    if root is None:
-        ctx.raw_store()  # raises the clear "not supported yet" error
-        return 2
     if not 16 <= args.pack_size <= 64:
         raise UsageError("--pack-size must be between 16 and 64 (MiB)")
-    if root.exists() and not root.is_dir():
-        raise UsageError(f"{root} exists and is not a folder")
-    if root.is_dir() and any(root.iterdir()):
-        if (root / "config").is_dir() and any((root / "config").iterdir()):
-            raise VaultExists(f"a vault already exists at {root}")
-        raise UsageError(f"{root} is not empty; choose an empty or new folder")
-    passphrase = ctx.new_passphrase()
-    try:
-        store = await LocalStore.create(root)
-    except OSError as exc:
-        raise UsageError(f"cannot create {root}: {exc.strerror}") from exc
+    root = ctx.local_root()
+    if root is None:
+        creator = await ctx.new_remote_vault()
+        passphrase = ctx.new_passphrase()
+        store = await creator.create()
+        where = ctx.vault_spec
+    else:
+        _check_new_vault_folder(root)
+        passphrase = ctx.new_passphrase()
+        try:
+            await LocalStore.create(root)
+        except OSError as exc:
+            raise UsageError(f"cannot create {root}: {exc.strerror}") from exc
+        store = ctx.raw_store()
+        where = str(root)
     vault, recovery = await Vault.create(store, passphrase, pack_size=args.pack_size << 20,
                                          recovery_key=args.recovery_key)
     remembered = args.remember and ctx.secrets.set(vault_account(vault.config.vault_id),
                                                    passphrase)
     await vault.close()
-    ctx.out.emit({"vault_id": vault.config.vault_id.hex(), "path": str(root),
+    ctx.out.emit({"vault_id": vault.config.vault_id.hex(), "path": where,
                   "recovery_key": recovery, "remembered": remembered})
-    ctx.out.line(f"created vault {vault.config.vault_id.hex()[:8]} at {root}")
+    ctx.out.line(f"created vault {vault.config.vault_id.hex()[:8]} at {where}")
     if recovery:
         ctx.out.line("")
         ctx.out.line("Recovery key (print it or write it down and keep it somewhere safe;")
@@ -135,6 +136,15 @@ async def init(ctx: Context) -> int:
     if args.remember and not remembered:
         ctx.out.info("note: no OS keyring is available; the passphrase was not stored")
     return 0
+
+
+def _check_new_vault_folder(root: Path) -> None:
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"{root} exists and is not a folder")
+    if root.is_dir() and any(root.iterdir()):
+        if (root / "config").is_dir() and any((root / "config").iterdir()):
+            raise VaultExists(f"a vault already exists at {root}")
+        raise UsageError(f"{root} is not empty; choose an empty or new folder")
 
 
 async def key_list(ctx: Context) -> int:
@@ -246,6 +256,8 @@ async def run_forget(ctx: Context, cancel: CancelToken) -> int:
     if rules is not None and args.ids:
         raise UsageError("give either snapshot IDs or --keep-* rules, not both")
     out = ctx.out
+    if not args.dry_run:
+        await ctx.require_delete("forget" + (" --prune" if args.prune else ""))
     async with ctx.open_vault(load_index=False) as vault:
         result = await forget(vault, rules=rules, ids=args.ids, host=args.host,
                               tags=args.tag, dry_run=args.dry_run)
@@ -286,6 +298,8 @@ def _prune_lines(ctx: Context, pr: Any) -> None:
 
 
 async def run_prune(ctx: Context, cancel: CancelToken) -> int:
+    if not ctx.args.dry_run:
+        await ctx.require_delete("prune")
     async with ctx.open_vault() as vault:
         pr = await prune(vault, grace=ctx.args.grace, dry_run=ctx.args.dry_run,
                          progress=ctx.out, cancel=cancel)

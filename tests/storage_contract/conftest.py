@@ -1,23 +1,28 @@
 """Backends for the storage contract suite: every factory here runs every contract test.
 
-To add a backend (e.g. HttpStore against an aiohttp test server), write one async context
-manager that yields a `Backend` and append it to FACTORIES; a backend is done when the suite
-passes for it.
+To add a backend, write one async context manager that yields a `Backend` and append it to
+FACTORIES (or SERVER_FACTORIES if it needs the session's real cairn-server); a backend is done
+when the suite passes for it.
 """
 
+import itertools
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
+from client_gui.engine.remote import RemoteServer, TokenCredentials
 from shared.ids import ObjectKey, ObjectKind
 from shared.storage.base import ObjectStore
 from shared.storage.local import LocalStore
 from shared.storage.memory import MemoryStore
 from shared.storage.wrappers import RetryingStore, VerifyingStore
+from tests.conftest import SERVER_PASSWORD, SERVER_USER
+from tests.support.server import CairnServer
 
 JUNK_NAME = "ab" + "0" * 62  # a valid object name, planted where it is not an object
 
@@ -113,10 +118,67 @@ FACTORIES: dict[str, Callable[[Path], AbstractAsyncContextManager[Backend]]] = {
 }
 
 
-@pytest.fixture(params=list(FACTORIES))
+# --- HttpStore against a real cairn-server process (one per session, a new vault per test) ---
+
+# A server finishes removing the temp file of an upload it refused a moment after the client
+# saw the refusal: look again for this long before reporting leftovers.
+_SERVER_CLEANUP_WAIT = 5.0
+_vault_names = (f"contract-{n}" for n in itertools.count(1))
+
+
+@dataclass(frozen=True)
+class ServerSession:
+    server: CairnServer
+    token: str  # may back up, restore and delete (maintain)
+
+
+@pytest.fixture(scope="session")
+def contract_server(session_cairn_server: CairnServer) -> Iterator[ServerSession]:
+    """The session's cairn-server and one device token for all contract tests (signing in
+    costs an Argon2 hash, so once)."""
+    response = session_cairn_server.sign_in(SERVER_USER, SERVER_PASSWORD, device="contract",
+                                            scopes=("backup", "restore", "maintain"))
+    yield ServerSession(session_cairn_server, response.token)
+
+
+@asynccontextmanager
+async def http(tmp_path: Path, session: ServerSession) -> AsyncIterator[Backend]:
+    remote = RemoteServer(session.server.url, TokenCredentials(session.token))
+    name = next(_vault_names)
+    await remote.create_vault(name)
+    root = session.server.vault_dir(SERVER_USER, name)
+    local = _local_backend(LocalStore(root), root)
+
+    def temp_files() -> list[str]:
+        deadline = time.monotonic() + _SERVER_CLEANUP_WAIT
+        while (left := sorted(os.listdir(root / "tmp"))) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return left
+
+    def plant_junk() -> None:
+        for folder in ["tmp", *(kind.value for kind in ObjectKind)]:
+            (root / folder).mkdir(parents=True, exist_ok=True)
+        local.plant_junk()
+
+    store = remote.store(name)
+    yield replace(local, store=store, temp_files=temp_files, plant_junk=plant_junk)
+    await store.close()
+
+
+SERVER_FACTORIES: dict[
+    str, Callable[[Path, ServerSession], AbstractAsyncContextManager[Backend]]
+] = {"http": http}
+
+
+@pytest.fixture(params=[*FACTORIES, *SERVER_FACTORIES])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    async with FACTORIES[request.param](tmp_path) as backend:
-        yield backend
+    if request.param in SERVER_FACTORIES:
+        session: ServerSession = request.getfixturevalue("contract_server")
+        async with SERVER_FACTORIES[request.param](tmp_path, session) as backend:
+            yield backend
+    else:
+        async with FACTORIES[request.param](tmp_path) as backend:
+            yield backend
 
 
 @pytest.fixture
