@@ -52,6 +52,12 @@ from shared.storage.base import ObjectStore
 from shared.storage.local import LocalStore
 from shared.storage.wrappers import ForwardingStore, RetryingStore
 
+# Retries of a transient server error span ~15-25 s (0.2 s doubling, at most 10 s apart):
+# enough to ride through a server restart (systemd restarts it 5 s after a crash) or a Wi-Fi
+# hand-over; a longer outage fails the run, and the next run resumes where it stopped.
+REMOTE_ATTEMPTS = 8
+REMOTE_MAX_DELAY = 10.0
+
 # A password sign-in is the owner at the keyboard (or their script): every scope but admin.
 PASSWORD_SCOPES = (Scope.BACKUP, Scope.RESTORE, Scope.MAINTAIN)
 
@@ -120,7 +126,8 @@ class Context:
             assert root is not None
             return self._track(LocalStore(root))
         base_url, name = target
-        return self._track(RetryingStore(self.server(base_url).store(name)))
+        return self._track(RetryingStore(self.server(base_url).store(name),
+                                         attempts=REMOTE_ATTEMPTS, max_delay=REMOTE_MAX_DELAY))
 
     def _track(self, store: ObjectStore) -> ObjectStore:
         once = _ClosesOnce(store)

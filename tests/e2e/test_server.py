@@ -338,6 +338,40 @@ def test_server_backup_resumes_after_server_crash(
     assert_same_tree(restored(tmp_path / "out", source), source)
 
 
+def test_server_backup_rides_through_a_server_restart(
+        cairn: Cairn, cairn_servers: Callable[..., CairnServer], tmp_path: Path) -> None:
+    """SIGKILL the server while packs upload and start it again at once: the running backup
+    retries with back-off, completes, and restores byte for byte."""
+    srv = cairn_servers(fsync="false")
+    vault = vault_name()
+    env = {**os.environ, **password_env(srv, vault)}
+    ok(cairn("init", "--no-recovery-key", env=env))
+    source = make_source(tmp_path / "src", 40 << 20, seed=4, max_file=8 << 20)
+    packs_dir = srv.vault_dir(SERVER_USER, vault)
+    log = tmp_path / "backup.err"
+    with log.open("wb") as err:
+        backup = subprocess.Popen([sys.executable, "-m", "client_gui.cli.main", "backup",
+                                   str(source)], env=env, cwd=REPO,
+                                  stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + 120
+        while not pack_sizes(packs_dir) and backup.poll() is None:
+            assert time.monotonic() < deadline, "no pack arrived in time"
+            time.sleep(0.01)
+        assert backup.poll() is None, "the backup finished before the server was killed"
+        srv.kill()
+        srv.start()
+        assert backup.wait(timeout=120) == 0, log.read_text()[-2000:]
+    finally:
+        if backup.poll() is None:
+            backup.kill()
+            backup.wait()
+    text = log.read_text()
+    assert "retry 1 of" in text and "Traceback" not in text, text[-2000:]
+    ok(cairn("restore", "latest", "--target", str(tmp_path / "out"), env=env, timeout=300))
+    assert_same_tree(restored(tmp_path / "out", source), source)
+
+
 # ---- tokens that are revoked or renewed ----------------------------------------------------------
 
 def test_server_revoked_device_token_is_refused(cairn: Cairn, server: CairnServer,
