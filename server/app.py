@@ -7,9 +7,13 @@ by `config.max_object_size` in the vault registry instead.
 """
 
 import asyncio
+import fcntl
 import importlib.metadata
 import logging
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import BinaryIO
 
 from aiohttp import web
 
@@ -22,10 +26,12 @@ from server.middlewares import access_log_middleware, error_middleware, request_
 from server.openapi import build_openapi
 from server.routes import setup_routes
 from server.storage.vaults import VaultRegistry
+from shared.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
 DISTRIBUTION = "cairn-backup"
+LOCK_NAME = "server.lock"
 
 
 def create_app(config: ServerConfig) -> web.Application:
@@ -51,6 +57,30 @@ def _version() -> str:
 async def _services(app: web.Application) -> AsyncIterator[None]:
     """Open the database and the services on it; close the database when the app stops."""
     config = app[CONFIG]
+    lock = await asyncio.to_thread(_lock_data_dir, config.data_dir)
+    try:
+        async with _opened(app, config):
+            yield
+    finally:
+        lock.close()  # releases the lock
+
+
+def _lock_data_dir(data_dir: Path) -> BinaryIO:
+    """An exclusive lock on the data folder for this process's lifetime, so a second server on
+    the same folder stops before it touches anything (its start-up clean-up would remove the
+    first one's uploads in progress)."""
+    handle = open(data_dir / LOCK_NAME, "ab")  # noqa: SIM115 - held open while serving
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        handle.close()
+        raise UsageError(f"the data folder {data_dir} is in use by another cairn-server "
+                         "process") from exc
+    return handle
+
+
+@asynccontextmanager
+async def _opened(app: web.Application, config: ServerConfig) -> AsyncIterator[None]:
     db = await AsyncDatabase.open(config.db_path)
     try:
         app[DB] = db

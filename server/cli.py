@@ -90,7 +90,7 @@ def read_password(what: str = "password") -> str:
 
 
 def _quota(text: str | None) -> int | None:
-    if text is None or text.lower() in ("none", "unlimited", "0"):
+    if text is None or text.lower() in ("none", "unlimited"):
         return None
     return parse_size(text)
 

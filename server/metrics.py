@@ -16,6 +16,9 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
+_METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE"})
+
+
 class Metrics:
     """The counters the server keeps; `route` labels are URL templates, never raw paths, so
     the number of series stays bounded whatever clients request."""
@@ -45,6 +48,9 @@ class Metrics:
             ["reason"], registry=self.registry)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        # Any token is a valid HTTP method: unknown ones share one label, so an anonymous
+        # client cannot make the metrics grow without bound.
+        method = method if method in _METHODS else "OTHER"
         self.requests.labels(route, method, str(status)).inc()
         self.latency.labels(route, method).observe(seconds)
 

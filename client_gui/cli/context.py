@@ -170,7 +170,16 @@ class Context:
         """The RemoteServer for this run (one per process), with credentials and TLS trust."""
         if self._server is None:
             dest = self.destinations.get(base_url)
-            tls = self.cacert_policy() or (dest.tls if dest is not None else TlsPolicy())
+            cacert = self.cacert_policy()
+            if dest is not None and dest.tls.fingerprint:
+                # A pinned certificate stays pinned: a CA bundle (say a global $CAIRN_CACERT)
+                # must not widen what is trusted for this server.
+                if cacert is not None:
+                    self.out.info(f"note: {base_url} has a pinned certificate; "
+                                  "--cacert/CAIRN_CACERT is not used for it")
+                tls = dest.tls
+            else:
+                tls = cacert or (dest.tls if dest is not None else TlsPolicy())
             self._credentials = self.credentials(base_url)
             self._server = RemoteServer(base_url, self._credentials, tls=tls)
         return self._server

@@ -13,6 +13,7 @@ import io
 import ipaddress
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import AsyncIterable, Callable, Collection, Mapping
@@ -69,17 +70,26 @@ _CLEANUP_CLOSED = sys.version_info < (3, 12, 8) or (3, 13, 0) <= sys.version_inf
 T = TypeVar("T")
 
 
+# An upload of N bytes may take 120 s + N / 16 KiB/s (a 16 MiB pack: ~19 minutes) before it
+# counts as lost and is retried.
+_UPLOAD_GRACE = 120.0
+_SLOWEST_LINK = 16 << 10
+
+_USERINFO_RE = re.compile(r"//[^/@?#]*@")
+
+
 def parse_vault_url(text: str) -> tuple[str, str]:
     """`https://HOST[:PORT][/PREFIX]/VAULT` -> (`https://HOST[:PORT][/PREFIX]`, `VAULT`).
 
     UsageError for anything else: another scheme, a user name or password in the URL, a query,
     no vault name, or plain http:// to a host other than this computer (use https)."""
     hint = "expected https://HOST[:PORT]/VAULT"
+    text = _USERINFO_RE.sub("//***@", text)  # never echo a password typed into the URL
     try:
         url = URL(text.strip())
     except ValueError as exc:
         raise UsageError(f"not a vault URL: {text[:200]!r} ({hint})") from exc
-    if url.user is not None or url.password is not None:
+    if url.user is not None or url.password is not None or "***@" in text:
         # The text may hold a password: do not echo it.
         raise UsageError("a vault URL must not contain a user name or password; "
                          "cairn asks for them when you add the destination")
@@ -389,9 +399,13 @@ class RemoteServer:
         # aiohttp writes a BytesIO in pieces, yielding to the loop between them (and warns
         # about big raw bytes); it still sends a Content-Length. A new one each attempt.
         body = io.BytesIO(data) if isinstance(data, bytes) and len(data) > _PIECE else data
+        # aiohttp's read timeout starts only once the body is sent: an upload whose connection
+        # silently died (laptop asleep, Wi-Fi hand-over) gets a deadline of its own instead.
+        deadline = _UPLOAD_GRACE + len(data) / _SLOWEST_LINK if isinstance(data, bytes) else None
         try:
-            async with http.request(method, self._base + path, headers=headers, params=params,
-                                    json=json_body, data=body, allow_redirects=False) as resp:
+            async with asyncio.timeout(deadline), http.request(
+                    method, self._base + path, headers=headers, params=params, json=json_body,
+                    data=body, allow_redirects=False) as resp:
                 body = await resp.read()
                 logger.debug("%s %s -> %d (%d bytes)", method, path, resp.status, len(body))
                 return Reply(resp.status, resp.reason or "", resp.headers, body)

@@ -31,7 +31,10 @@ def hash_password(password: str) -> str:
 
 def verify_password(stored: str | None, password: str) -> bool:
     """True if `password` matches `stored`; with `stored` None, spends the same time, False."""
-    data = password.encode("utf-8")
+    try:
+        data = password.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates from JSON: no password has them
+        return False
     if len(data) > MAX_PASSWORD:
         return False
     target = _dummy_hash() if stored is None else stored.encode("ascii")

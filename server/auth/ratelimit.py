@@ -45,14 +45,31 @@ class SignInLimiter:
                 raise RateLimited(
                     f"too many failed sign-ins; try again in {int(wait + 0.999)} s", wait)
 
-    def failed(self, user: str, remote: str) -> None:
+    def begin(self, user: str, remote: str) -> float:
+        """Check, then count this attempt as a failure until `succeeded` says otherwise, so
+        attempts made in parallel are counted before their (slow) password checks finish.
+        Returns the attempt's mark for `succeeded`."""
+        self.check(user, remote)
+        return self.failed(user, remote)
+
+    def failed(self, user: str, remote: str) -> float:
         now = self._clock()
         for key in self._keys(user, remote):
             self._failures.setdefault(key, deque()).append(now)
             self._failures[key] = self._failures.pop(key)  # most recently failed last
         while len(self._failures) > _MAX_KEYS:
             del self._failures[next(iter(self._failures))]
+        return now
 
-    def succeeded(self, user: str) -> None:
-        """A correct password clears the user's failures (never the address's)."""
+    def succeeded(self, user: str, remote: str | None = None, mark: float | None = None) -> None:
+        """A correct password clears the user's failures, and takes back the address's
+        count of this attempt (`mark` from `begin`), never its earlier failures."""
         self._failures.pop(f"user:{user}", None)
+        times = self._failures.get(f"addr:{remote}") if remote is not None else None
+        if times is not None and mark is not None:
+            try:
+                times.remove(mark)
+            except ValueError:
+                pass  # aged out meanwhile
+            if not times:
+                del self._failures[f"addr:{remote}"]

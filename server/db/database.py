@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS users (
     admin INTEGER NOT NULL DEFAULT 0,
     disabled INTEGER NOT NULL DEFAULT 0,
     quota INTEGER,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    tokens_valid_after INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS devices (
     id TEXT PRIMARY KEY,
@@ -82,6 +83,7 @@ class UserRecord:
     disabled: bool
     quota: int | None
     created_at: int
+    tokens_valid_after: int = 0  # tokens issued before (Unix s) are refused
 
     def __repr__(self) -> str:  # the hash stays out of logs
         return f"UserRecord(id={self.id}, name={self.name!r}, admin={self.admin})"
@@ -111,7 +113,8 @@ class VaultRecord:
 
 def _user(row: sqlite3.Row) -> UserRecord:
     return UserRecord(row["id"], row["name"], row["password_hash"], bool(row["admin"]),
-                      bool(row["disabled"]), row["quota"], row["created_at"])
+                      bool(row["disabled"]), row["quota"], row["created_at"],
+                      row["tokens_valid_after"])
 
 
 def _device(row: sqlite3.Row) -> DeviceRecord:
@@ -215,10 +218,16 @@ class Database:
                 raise NoSuchUser(f"no user {name}")
 
     def set_password(self, name: str, password_hash: str) -> None:
-        self._update_user(name, "password_hash = ?", password_hash)
+        """A new password; every token issued until now stops working (a stolen one too)."""
+        self._update_user(name, "password_hash = ?, tokens_valid_after = ?", password_hash,
+                          int(time.time()))
 
     def set_disabled(self, name: str, disabled: bool) -> None:
-        self._update_user(name, "disabled = ?", int(disabled))
+        """Disabling also ends every token issued until now, so enabling does not revive them."""
+        if disabled:
+            self._update_user(name, "disabled = 1, tokens_valid_after = ?", int(time.time()))
+        else:
+            self._update_user(name, "disabled = 0")
 
     def set_quota(self, name: str, quota: int | None) -> None:
         self._update_user(name, "quota = ?", quota)

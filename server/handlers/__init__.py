@@ -5,7 +5,6 @@ the database) and answers `web.json_response(model.to_json())`. Handlers touch n
 nor files, and never build error responses: they raise CairnError (see middlewares.py).
 """
 
-import json
 import logging
 
 from aiohttp import web
@@ -20,6 +19,6 @@ async def read_json(request: web.Request) -> object:
     UsageError (400) if it is not JSON."""
     try:
         body: object = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, LookupError, RecursionError) as exc:  # bad JSON, charset, nesting
         raise UsageError("the request body is not valid JSON") from exc
     return body

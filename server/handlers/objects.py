@@ -4,6 +4,7 @@ Uploads stream (request.content, 1 MiB pieces) into the vault registry, which ve
 limits them; downloads are sent from the file with sendfile (web.FileResponse), Range included.
 """
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -22,6 +23,9 @@ from shared.protocol.paths import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_MISSIN
 logger = logging.getLogger(__name__)
 
 UPLOAD_PIECE = 1 << 20  # bytes read from the socket at a time; a put holds a few of these
+# An upload that sends nothing for this long is dropped (its connection died silently), so it
+# does not hold its object's lock until TCP keepalive notices, hours later.
+BODY_IDLE_TIMEOUT = 120.0
 
 
 class IncompleteUpload(UsageError):
@@ -49,11 +53,18 @@ async def _vault(request: web.Request) -> Vault:
 
 async def _body(request: web.Request, key: ObjectKey) -> AsyncIterator[bytes]:
     """The request body in pieces; a connection lost mid-body becomes IncompleteUpload."""
-    try:
-        async for piece in request.content.iter_chunked(UPLOAD_PIECE):
-            yield piece
-    except (ClientPayloadError, ConnectionError) as exc:
-        raise IncompleteUpload(f"upload of {key} ended before its last byte") from exc
+    while True:
+        try:
+            async with asyncio.timeout(BODY_IDLE_TIMEOUT):
+                piece = await request.content.read(UPLOAD_PIECE)
+        except (ClientPayloadError, ConnectionError) as exc:
+            raise IncompleteUpload(f"upload of {key} ended before its last byte") from exc
+        except TimeoutError as exc:
+            raise IncompleteUpload(f"upload of {key} stalled: nothing arrived for "
+                                   f"{BODY_IDLE_TIMEOUT:.0f} s") from exc
+        if not piece:
+            return
+        yield piece
 
 
 @requires(*WRITE)
@@ -117,7 +128,8 @@ async def delete_object(request: web.Request) -> web.StreamResponse:
 def parse_limit(text: str | None) -> int:
     if text is None:
         return DEFAULT_LIST_LIMIT
-    if not text.isdigit() or not 1 <= int(text) <= MAX_LIST_LIMIT:
+    if not (text.isascii() and text.isdigit() and len(text) <= 6) \
+            or not 1 <= int(text) <= MAX_LIST_LIMIT:
         raise UsageError(f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}, "
                          f"got {text[:20]!r}")
     return int(text)

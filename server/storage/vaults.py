@@ -20,13 +20,24 @@ from server.config import ServerConfig
 from server.db.database import AsyncDatabase, VaultRecord
 from server.metrics import Metrics
 from server.storage.quota import QuotaLedger, Reservation, format_size
-from shared.errors import CairnError, NotAVault, PayloadTooLarge, PermissionDenied, StorageError
+from shared.errors import (
+    CairnError,
+    NotAVault,
+    PayloadTooLarge,
+    PermissionDenied,
+    StorageError,
+    StorageUnavailable,
+)
 from shared.ids import ObjectInfo, ObjectKey, ObjectKind
 from shared.protocol.models import ObjectEntry, ObjectList, validate_vault_name
 from shared.storage.local import LocalStore
 from shared.storage.wrappers import VerifyingStore
 
 logger = logging.getLogger(__name__)
+
+# How long a put or delete waits for another one of the same object (a stalled upload is
+# dropped after handlers.objects.BODY_IDLE_TIMEOUT) before answering 503.
+LOCK_WAIT = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,11 +57,20 @@ class _KeyLocks:
 
     @asynccontextmanager
     async def hold(self, key: Hashable) -> AsyncIterator[None]:
+        """Hold `key`'s lock; StorageUnavailable (503: retry later) after LOCK_WAIT seconds."""
         lock, users = self._locks.get(key, (asyncio.Lock(), 0))
         self._locks[key] = (lock, users + 1)
         try:
-            async with lock:
+            try:
+                async with asyncio.timeout(LOCK_WAIT):
+                    await lock.acquire()
+            except TimeoutError as exc:
+                raise StorageUnavailable("another upload of the same object is still in "
+                                         "progress; try again later") from exc
+            try:
                 yield
+            finally:
+                lock.release()
         finally:
             lock, users = self._locks[key]
             if users == 1:

@@ -169,9 +169,12 @@ def test_parse_vault_url_refuses(text: str, message: str) -> None:
         parse_vault_url(text)
 
 
-def test_parse_vault_url_never_echoes_a_password() -> None:
+@pytest.mark.parametrize("text", ["https://alice:hunter2@example.org/laptop",
+                                  "https://alice:hunter2@example.org:99999/laptop",
+                                  "ftp://alice:hunter2@example.org/laptop"])
+def test_parse_vault_url_never_echoes_a_password(text: str) -> None:
     with pytest.raises(UsageError) as caught:
-        parse_vault_url("https://alice:hunter2@example.org/laptop")
+        parse_vault_url(text)
     assert "hunter2" not in str(caught.value)
 
 

@@ -1,5 +1,8 @@
 """AuthService: sign-in, device reuse, rate limits, authentication against the database."""
 
+import asyncio
+import time
+
 import pytest
 
 from server.auth.passwords import hash_password
@@ -120,3 +123,50 @@ async def test_whoami_reports_quota_and_usage(auth) -> None:
     answer = await auth.sign_in(request(), "a")
     me = await auth.whoami(await auth.authenticate(f"Bearer {answer.token}"))
     assert me.user == "alice" and me.quota == 1000 and me.used == 0
+
+
+async def test_parallel_wrong_passwords_are_counted_before_they_are_checked(auth) -> None:
+    results = await asyncio.gather(
+        *(auth.sign_in(request(password=f"guess{i}"), "10.0.0.1") for i in range(12)),
+        return_exceptions=True)
+    assert all(isinstance(r, AuthError) for r in results)
+    assert sum(isinstance(r, RateLimited) for r in results) >= 12 - 3
+
+
+async def test_right_password_does_not_count_against_the_address(auth) -> None:
+    for _ in range(5):
+        await auth.sign_in(request(), "10.0.0.1")  # more successes than the failure limit
+
+
+async def test_password_change_and_disable_end_older_tokens(auth) -> None:
+    answer = await auth.sign_in(request(), "a")
+    user = await auth.db.get_user("alice")
+    old, _ = auth.signer.issue("alice", user.id, answer.device_id, (Scope.BACKUP,), ("*",),
+                               now=time.time() - 10)
+    await auth.db.set_password("alice", PASSWORD_HASH)
+    with pytest.raises(AuthError, match="password was changed"):
+        await auth.authenticate(f"Bearer {old}")
+    fresh = await auth.sign_in(request(), "a")
+    await auth.authenticate(f"Bearer {fresh.token}")
+    older, _ = auth.signer.issue("alice", user.id, answer.device_id, (Scope.BACKUP,), ("*",),
+                                 now=time.time() - 5)
+    await auth.db.set_disabled("alice", True)
+    await auth.db.set_disabled("alice", False)
+    with pytest.raises(AuthError):
+        await auth.authenticate(f"Bearer {older}")
+
+
+async def test_device_signed_in_again_for_fewer_vaults_narrows_older_tokens(auth) -> None:
+    wide = await auth.sign_in(request(vaults=("*",)), "a")
+    await auth.sign_in(request(vaults=("laptop",)), "a")
+    principal = await auth.authenticate(f"Bearer {wide.token}")
+    assert principal.vaults == ("laptop",)
+    renewed = await auth.renew(principal)
+    assert renewed.vaults == ("laptop",)
+
+
+async def test_token_left_with_no_scope_is_refused(auth) -> None:
+    old = await auth.sign_in(request(scopes=(Scope.MAINTAIN,)), "a")
+    await auth.sign_in(request(scopes=(Scope.RESTORE,)), "a")
+    with pytest.raises(AuthError, match="sign in again"):
+        await auth.authenticate(f"Bearer {old.token}")

@@ -151,3 +151,25 @@ def test_cli_serve_with_missing_tls_files_is_one_clear_line(data, tmp_path) -> N
     err = fails("serve", "--data", data, "--listen", f"127.0.0.1:{free_port()}",
                 "--tls-cert", str(tmp_path / "no.pem"), "--tls-key", str(tmp_path / "no.key"))
     assert "TLS" in err
+
+
+def test_cli_second_server_on_the_same_data_folder_is_refused(data) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "server", "serve", "--data", data,
+                             "--listen", f"127.0.0.1:{free_port()}"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if json.loads(line).get("event") == "listening":
+                break
+        err = fails("serve", "--data", data, "--listen", f"127.0.0.1:{free_port()}")
+        assert "in use by another cairn-server" in err
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_cli_quota_zero_means_zero_not_unlimited(data) -> None:
+    ok("user", "add", "alice", "--data", data, "--quota", "0", password="pw")
+    [user] = json.loads(ok("user", "list", "--data", data, "--json"))
+    assert user["quota"] == 0
