@@ -188,6 +188,8 @@ OPERATIONS: tuple[Operation, ...] = (
                **_VAULT_ERRORS,
                413: _err("larger than the server's max object size (`too_large`)"),
                422: _err("the body's BLAKE3 is not the name; nothing stored (`integrity`)"),
+               503: _err("another upload of the same object is still in progress "
+                         "(`unavailable`); retry later"),
                507: _err("the user's quota cannot hold it (`quota_exceeded`)")},
               parameters=("vault", "kind", "name"), body="binary",
               description="The body is streamed to a temporary file while it is hashed; it "
