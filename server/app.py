@@ -71,7 +71,9 @@ def _lock_data_dir(data_dir: Path) -> BinaryIO:
     first one's uploads in progress)."""
     handle = open(data_dir / LOCK_NAME, "ab")  # noqa: SIM115 - held open while serving
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # A POSIX record lock: held per process, so apps that tests run side by side in one
+        # process share it, while a second server process is refused.
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
         handle.close()
         raise UsageError(f"the data folder {data_dir} is in use by another cairn-server "

@@ -100,6 +100,8 @@ class AuthService:
         user = await self._db.get_user_by_id(principal.user_id)
         if user is None:
             raise AuthError("unknown user: sign in again")
+        if not principal.scopes or not principal.vaults:
+            raise AuthError("this token no longer allows anything on this device: sign in again")
         return self._issue(user, principal.device_id, principal.scopes, principal.vaults)
 
     async def authenticate(self, authorization: str | None) -> Principal:
@@ -130,8 +132,6 @@ class AuthService:
         scopes = tuple(s for s in claims.scopes if s in device.scopes
                        and (s is not Scope.ADMIN or user.admin))
         vaults = _narrow_vaults(claims.vaults, device.vaults)
-        if not scopes or not vaults:
-            raise AuthError("this token no longer allows anything on this device: sign in again")
         now = time.time()
         if now - self._touched.get(device.id, 0.0) >= _TOUCH_INTERVAL:
             self._touched[device.id] = now
