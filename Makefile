@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 DEMO := $(CURDIR)/demo
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup run test test-all lint bench clean
+.PHONY: setup run test test-all lint bench bench-quick clean
 
 $(VENV)/.installed: pyproject.toml .ci/system-packages
 	bash .ci/system-packages
@@ -31,6 +31,17 @@ test: setup
 # Everything, slow tests included (crash soak, >4 GiB files, big trees).
 test-all: setup
 	$(PY) -m pytest -n 2 -q -p no:cacheprovider -m ''
+
+# Cairn against restic and Borg (not part of CI; see docs/PERFORMANCE.md): installs restic, the
+# restic REST server and Borg into bench/.tools, generates ~2 GiB of seeded data in bench/work,
+# runs 3 alternating rounds, writes docs/PERFORMANCE.md and bench/results/<time>.json.
+# Options through BENCH_ARGS, e.g. make bench BENCH_ARGS='--size 1GiB --only cairn,restic'.
+bench: setup
+	$(PY) -m bench run $(BENCH_ARGS)
+
+# A quick comparison before committing: ~200 MiB, one round, under two minutes (bench/quick).
+bench-quick: setup
+	$(PY) -m bench run --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf $(DEMO) $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,191 @@
+"""docs/PERFORMANCE.md: the whole page, from a results document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench import report
+from bench.dataset import SHARES, format_size
+from bench.report import Results, fmt_mib, fmt_seconds
+
+
+def _machine(results: Results) -> str:
+    m = results.get("machine", {})
+    v = results.get("versions", {})
+    rows = [
+        ("date", results.get("started", "?")),
+        ("CPU", f"{m.get('cpu', '?')}, {m.get('nproc', '?')} cores usable"),
+        ("RAM", m.get("ram", "?")),
+        ("OS", f"{m.get('os', '?')}, kernel {m.get('kernel', '?')}"),
+        ("work folder file system", m.get("filesystem", "?")),
+        ("load average before / after", f"{m.get('loadavg', '?')} / "
+                                         f"{results.get('machine_after', {}).get('loadavg', '?')}"),
+        ("Cairn", v.get("cairn", "not available")),
+        ("Python (Cairn)", v.get("python", "?")),
+        ("restic", v.get("restic", "not available")),
+        ("restic REST server", v.get("rest-server", "not available")),
+        ("Borg", v.get("borg", "not available")),
+    ]
+    missing = results.get("missing", {})
+    rows += [(f"missing: {tool}", reason) for tool, reason in missing.items()]
+    return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+
+
+def _amount(prof: dict[str, Any]) -> str:
+    if "unit" in prof:
+        return f"{prof.get('samples', 0):.2f} {prof['unit']}"
+    return f"{prof.get('samples', 0):,.0f} samples"
+
+
+def _profile(title: str, prof: dict[str, Any]) -> str:
+    if "error" in prof:
+        return f"**{title}**: not profiled ({prof['error']})."
+    own, cum, files = prof.get("own", []), prof.get("cumulative", []), prof.get("files", [])
+    lead = ", ".join(f"`{f}` in {p} ({s:.0f} %)" for f, p, s in own[:3])
+    text = [f"**{title}** ({prof.get('method')}, {prof.get('wall', 0):.1f} s under the profiler, "
+            f"{_amount(prof)}). The largest own-time costs: {lead}. "
+            "Own time by source file: " + ", ".join(f"{p} {s:.0f} %" for p, s in files) + "."
+            + (f" Start-up imports take {prof['imports']:.0f} % of the samples."
+               if "imports" in prof else "")
+            + (f" {prof['waiting']:.0f} % is waiting in thread pools, locks or the event loop "
+               "(left out of the own-time column)." if "waiting" in prof else ""), "",
+            "| # | own time: function | file | share | cumulative: function | file | share |",
+            "|---:|---|---|---:|---|---|---:|"]
+    for i in range(max(len(own), len(cum))):
+        a = own[i] if i < len(own) else ["", "", None]
+        b = cum[i] if i < len(cum) else ["", "", None]
+        text.append(f"| {i + 1} | `{a[0]}` | {a[1]} | {'' if a[2] is None else f'{a[2]:.1f} %'}"
+                    f" | `{b[0]}` | {b[1]} | {'' if b[2] is None else f'{b[2]:.1f} %'} |")
+    return "\n".join(text)
+
+
+def _method(results: Results) -> str:
+    config = results.get("config", {})
+    data = results.get("dataset", {})
+    home, small = data.get("home", {}), data.get("small")
+    mut = results.get("mutation", {})
+    warm = results.get("warmup", {})
+    shares = ", ".join(f"{k} {v * 100:.0f} %" for k, v in SHARES.items())
+    lines = [
+        f"- **Data** (seed {config.get('seed')}): a home-like tree of "
+        f"{format_size(home.get('bytes', 0))} in {home.get('files', 0):,} files, "
+        f"{home.get('symlinks', 0)} symlinks and {home.get('empty', 0)} empty files: {shares} "
+        "(source and text in many small files; PDFs/ODTs, photos, music and videos "
+        "incompressible; logs and CSV compressible; two VM images sharing most blocks; exact "
+        "duplicates of photos and documents).",
+        f"- **A day of work** between the second and third backup: {mut.get('modified', 0)} "
+        f"files changed (writes inside a VM image, appends to logs, rows inserted in the middle "
+        f"of a CSV, edited sources and documents), {mut.get('created', 0)} new, "
+        f"{mut.get('deleted', 0)} deleted, {mut.get('renamed', 0)} renamed (one of them a whole "
+        f"project folder); {format_size(mut.get('written', 0))} of new bytes. It is undone "
+        "after each round's restore.",
+    ]
+    if small:
+        lines.append(f"- **Many small files**: {small.get('files', 0):,} files of 1-4 KiB "
+                     f"({format_size(small.get('bytes', 0))}) in folders of 100, backed up "
+                     "into its own repository (local only): initial and no-change backups.")
+    lines += [
+        f"- **Rounds**: {config.get('rounds')}. In each, every phase runs the tools one after "
+        "the other (Cairn, restic, Borg, local first, then over HTTP), so each tool sees the "
+        "same machine state; numbers are medians over the rounds. Every round starts with new, "
+        "empty repositories, new servers and empty caches; each tool's cache is then kept "
+        "between its backups in the round, as on a user's machine.",
+        "- **Settings**: Cairn's defaults; restic's defaults (compression `auto`, i.e. zstd); "
+        "Borg `--compression zstd,3`, `repokey-blake2`. Passphrases through environment "
+        "variables. All three encrypt and deduplicate.",
+        "- **HTTP**: `cairn-server` and restic's `rest-server` on 127.0.0.1, both with "
+        "password authentication (rest-server: bcrypt .htpasswd) and both verifying uploads; "
+        "plain HTTP on loopback. Borg has no HTTP mode (`borg serve` works over SSH), so it "
+        "only has local numbers.",
+        "- **Caches**: dropping the kernel's page cache is not possible here, so the data was "
+        f"read once before the first round (warm-up: {format_size(warm.get('bytes', 0))} in "
+        f"{warm.get('seconds', 0):.1f} s) and all tools read from a warm cache. An untimed "
+        "`sync` follows every measured command.",
+        "- **Measures**: wall time of the command; peak RSS of the client: "
+        f"{results.get('rss_method', 'rusage of the child')}; the server's peak RSS during "
+        "the command from /proc (VmHWM, reset before each command); repository size = the "
+        "apparent size of the files in the "
+        "repository folder (the vault's folder on the server for HTTP). A restore counts only "
+        "if the restored tree has the same number of files, bytes and symlinks as the source.",
+        "- **Noise**: the 2 cores are shared with other work; expect ±15 % on backups and more "
+        "on restores. Compare ratios from the same run, not numbers across runs.",
+    ]
+    if results.get("quick"):
+        lines.append("- **Quick run** (`make bench-quick`): one round on a small tree, for "
+                     "checking a change, not for quoting.")
+    note = config.get("note")
+    if note:
+        lines.append(f"- **This run**: {note}")
+    return "\n".join(lines)
+
+
+def render(results: Results, chart: str | None) -> str:
+    """The Markdown page; `chart` is the PNG's path relative to the page, or None."""
+    config = results.get("config", {})
+    parts = [
+        "# Performance: Cairn, restic and Borg",
+        "",
+        "Generated by `make bench` (the harness in `bench/`, `python -m bench run`); do not edit "
+        "by hand. `make bench-quick` runs a small version in under two minutes. Raw numbers of "
+        "each run are in `bench/results/*.json` (not committed); `python -m bench report FILE` "
+        "rebuilds this page from one.",
+        "",
+        f"Tree: {format_size(results.get('dataset', {}).get('home', {}).get('bytes', 0))}, "
+        f"{report.rounds_text(config.get('rounds'))}, "
+        f"run took {results.get('duration_s', 0) / 60:.0f} min.",
+        "",
+        "## Machine and versions",
+        "",
+        _machine(results),
+        "",
+        f"## Wall time (median of {report.rounds_text(config.get('rounds'))})",
+        "",
+        report.metric_table(results, "wall", fmt_seconds, "operation"),
+        "",
+    ]
+    if chart:
+        parts += [f"![wall time per operation and tool]({chart})", ""]
+    elif results.get("chart_error"):
+        parts += [f"(No chart: {results['chart_error']}.)", ""]
+    parts += [
+        "## Targets of issue 4", "",
+        "Ratios of medians from this run; lower is better for Cairn.", "",
+        report.targets_table(results), "",
+        "## Throughput", "",
+        "Size of the tree divided by the median wall time.", "",
+        report.throughput_table(results), "",
+        "## Peak memory (client)", "",
+        report.metric_table(results, "rss", fmt_mib, "operation"), "",
+    ]
+    if "http" in config.get("modes", []):
+        parts += ["Servers, peak RSS during each operation (median):", "",
+                  report.server_rss_table(results), ""]
+    parts += [
+        "## Repository size", "",
+        "After the initial backup and after all three backups (initial, no-change, after a "
+        "day of work).", "",
+        report.metric_table(results, "repo_bytes", format_size, "repository",
+                            phases=("initial", "edited"),
+                            labels={"initial": "After the initial backup",
+                                    "edited": "After three backups"}), "",
+        "## Where Cairn's time goes", "",
+        "Profiled outside the measured rounds, one run each. *Own time*: samples in which the "
+        "function itself was running (with py-spy this includes the compiled code it called: "
+        "hashing, compression, encryption, system calls); *cumulative*: samples in which it was "
+        "anywhere on the stack (thread and event-loop plumbing left out). Shares are of all "
+        "samples of all threads that were not idle.", "",
+    ]
+    profiles = results.get("profiles", {})
+    if not profiles:
+        parts += ["Not profiled in this run.", ""]
+    for title, prof in profiles.items():
+        parts += [_profile(title.capitalize(), prof), ""]
+    parts += [
+        "## How it was measured", "",
+        _method(results), "",
+        "## Every sample", "",
+        "<details><summary>All measured commands</summary>", "",
+        report.samples_table(results), "",
+        "</details>", "",
+    ]
+    return "\n".join(parts)
