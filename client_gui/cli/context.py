@@ -311,11 +311,16 @@ class Context:
         return RemoteVaultCreator(self.server(target[0]), target[1], store, exists)
 
     @asynccontextmanager
-    async def open_vault(self, *, load_index: bool = True) -> AsyncIterator[Vault]:
+    async def open_vault(self, *, load_index: bool = True,
+                         cached_trees: bool = True) -> AsyncIterator[Vault]:
+        """The opened vault. `cached_trees=False` reads every tree from the vault itself (for
+        `check`, which must judge the vault's copy, not the local cache's)."""
         store, config = await self.read_config()
         cache = self.cache_root()
         if cache is not None:
-            store = CachingStore(store, cache / config.vault_id.hex())
+            # On a server every read is a round trip: keep whole tree packs locally too.
+            store = CachingStore(store, cache / config.vault_id.hex(),
+                                 cache_tree_packs=cached_trees and self.local_root() is None)
         vault = await Vault.open(store, self.passphrase_for)  # the store: closed by close()
         try:
             if load_index:

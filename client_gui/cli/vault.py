@@ -210,7 +210,7 @@ async def key_forget(ctx: Context) -> int:
 
 async def run_check(ctx: Context, cancel: CancelToken) -> int:
     out = ctx.out
-    async with ctx.open_vault(load_index=False) as vault:
+    async with ctx.open_vault(load_index=False, cached_trees=False) as vault:
         report = await check(vault, read_data=ctx.args.read_data,
                              verify_pack_hashes=ctx.local_root() is not None,
                              progress=out, cancel=cancel)

@@ -1,7 +1,13 @@
-"""The client's local cache of immutable metadata objects (index, snapshots, key slots).
+"""The client's local cache of immutable metadata objects (index, snapshots, key slots) and,
+for vaults on a server, of the packs that hold trees.
 
-Only a cache: every entry is checked against its name (BLAKE3) when read, a bad or missing
-entry is fetched again, and deleting the whole folder is always safe.
+Only a cache: every entry is checked against its name (BLAKE3) when written or read whole,
+a damaged tree pack shows up as a blob that fails its AEAD check and is fetched again, and
+deleting the whole folder is always safe.
+
+Tree packs matter for remote vaults: a backup compares every folder with its parent
+snapshot's tree, and reading each tree with its own ranged request costs one round trip per
+folder (thousands per backup). A tree pack is fetched whole once and then read locally.
 """
 
 import asyncio
@@ -22,11 +28,50 @@ CACHEDIR_TAG = CACHEDIR_SIGNATURE + b"\n# This file is a cache directory tag cre
 
 
 class CachingStore:
-    """Wraps a vault's store; whole reads of CACHED_KINDS are served from `root` when valid."""
+    """Wraps a vault's store; whole reads of CACHED_KINDS are served from `root` when valid.
 
-    def __init__(self, inner: ObjectStore, root: Path) -> None:
+    With `cache_tree_packs`, `tree_pack_range` serves tree blobs from whole local copies of
+    their packs (for stores where each read is a network round trip)."""
+
+    def __init__(self, inner: ObjectStore, root: Path, *, cache_tree_packs: bool = False) -> None:
         self.inner = inner
         self.root = root
+        self.cache_tree_packs = cache_tree_packs
+
+    async def tree_pack_range(self, key: ObjectKey, offset: int, length: int) -> bytes | None:
+        """`length` bytes at `offset` of tree pack `key`, from a local copy of the whole pack
+        (fetched and checked against its name on first use); None when packs are not cached
+        here or the pack cannot be cached (the caller then reads the range from the vault)."""
+        if not self.cache_tree_packs:
+            return None
+        data = await asyncio.to_thread(self._read_range, key, offset, length)
+        if data is not None:
+            return data
+        whole = await self.inner.get(key)
+        if object_id(whole).hex() != key.name:
+            return None  # let the ranged read from the vault report the damage
+        await asyncio.to_thread(self._write, key, whole)
+        part = whole[offset:offset + length]
+        return part if len(part) == length else None
+
+    async def forget_tree_pack(self, key: ObjectKey) -> None:
+        """Drop the local copy of a pack (one of its blobs failed its check)."""
+        await asyncio.to_thread(self._unlink, key)
+
+    def _read_range(self, key: ObjectKey, offset: int, length: int) -> bytes | None:
+        try:
+            with open(self._path(key), "rb") as f:
+                f.seek(offset)
+                data = f.read(length)
+        except OSError:
+            return None
+        return data if len(data) == length else None
+
+    def _unlink(self, key: ObjectKey) -> None:
+        try:
+            self._path(key).unlink()
+        except OSError:
+            pass
 
     def _path(self, key: ObjectKey) -> Path:
         return self.root / key.kind.value / key.name
@@ -79,7 +124,7 @@ class CachingStore:
         async for info in self.inner.list(kind):
             names.add(info.key.name)
             yield info
-        if kind in CACHED_KINDS:
+        if kind in CACHED_KINDS or kind is ObjectKind.PACK and self.cache_tree_packs:
             await asyncio.to_thread(self._forget_except, kind, names)
 
     def _forget_except(self, kind: ObjectKind, names: set[str]) -> None:
@@ -98,11 +143,8 @@ class CachingStore:
 
     async def delete(self, key: ObjectKey) -> None:
         await self.inner.delete(key)
-        if key.kind in CACHED_KINDS:
-            try:
-                self._path(key).unlink()
-            except OSError:
-                pass
+        if key.kind in CACHED_KINDS or key.kind is ObjectKind.PACK:
+            await asyncio.to_thread(self._unlink, key)
 
     async def close(self) -> None:
         await self.inner.close()

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from client_gui.engine.cache import CachingStore
 from shared.chunking import DEFAULT_AVG, DEFAULT_MAX, DEFAULT_MIN
 from shared.compression import DEFAULT_LEVEL
 from shared.crypto.kdf import KdfParams
@@ -363,9 +364,18 @@ class Vault:
         loc = self.index.get(blob_id)
         if loc is None:
             raise ObjectNotFound(f"blob {blob_id.short()} is not in the index")
-        sealed = await self.store.get(ObjectKey.of(ObjectKind.PACK, loc.pack), offset=loc.offset,
-                                      length=loc.length)
-        return self.open_blob(blob_id, loc.type if blob_type is None else blob_type, sealed)
+        key = ObjectKey.of(ObjectKind.PACK, loc.pack)
+        blob_type = loc.type if blob_type is None else blob_type
+        if loc.type == BlobType.TREE and isinstance(self.store, CachingStore):
+            sealed = await self.store.tree_pack_range(key, loc.offset, loc.length)
+            if sealed is not None:
+                try:
+                    return self.open_blob(blob_id, blob_type, sealed)
+                except IntegrityError:  # a damaged cache copy: read it from the vault
+                    logger.info("cached pack %s is damaged; reading from the vault", key)
+                    await self.store.forget_tree_pack(key)
+        sealed = await self.store.get(key, offset=loc.offset, length=loc.length)
+        return self.open_blob(blob_id, blob_type, sealed)
 
     def open_blob(self, blob_id: ObjectId, blob_type: BlobType, sealed: bytes) -> bytes:
         plain = decode_blob(self.keys.encryption, blob_type, blob_id, sealed)
