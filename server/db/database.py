@@ -62,6 +62,18 @@ CREATE TABLE IF NOT EXISTS vaults (
 """
 
 
+# Columns added after a table was first created: (table, column, definition). A database of
+# an older build gets them on open, with their defaults.
+_ADDED_COLUMNS = (("users", "tokens_valid_after", "INTEGER NOT NULL DEFAULT 0"),)
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    for table, column, definition in _ADDED_COLUMNS:
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+
+
 class UserExists(UsageError):
     code = "user_exists"
 
@@ -152,6 +164,7 @@ class Database:
                 raise UsageError(f"{path} was written by a newer cairn-server (schema "
                                  f"{version}); upgrade cairn-server")
             conn.executescript(_SCHEMA)
+            _add_missing_columns(conn)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open the server database {path}: {exc}") from exc

@@ -99,3 +99,19 @@ async def test_async_db_runs_the_same_calls(tmp_path) -> None:
         assert (await db.get_user("carol")).admin
     finally:
         await db.close()
+
+
+def test_db_of_an_older_build_gets_new_columns(tmp_path) -> None:
+    conn = sqlite3.connect(tmp_path / "old.db")
+    conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, "
+                 "password_hash TEXT NOT NULL, admin INTEGER NOT NULL DEFAULT 0, "
+                 "disabled INTEGER NOT NULL DEFAULT 0, quota INTEGER, "
+                 "created_at INTEGER NOT NULL)")
+    conn.execute("INSERT INTO users (name, password_hash, created_at) VALUES ('old', 'h', 1)")
+    conn.commit()
+    conn.close()
+    db = Database.open(tmp_path / "old.db")
+    try:
+        assert db.get_user("old").tokens_valid_after == 0
+    finally:
+        db.close()
