@@ -6,29 +6,17 @@ device and how the server's certificate is trusted. Vault commands then reach
 `--vault https://HOST:PORT/NAME` with that token and never need the password again.
 """
 
+from __future__ import annotations
+
 import argparse
 import getpass
 import os
 import sys
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from client_gui.cli.context import Context, sign_in_error
-from client_gui.engine.destinations import (
-    Destination,
-    keyring_available,
-    new_destination,
-    server_url,
-    token_account,
-)
-from client_gui.engine.remote import PasswordCredentials, RemoteServer
 from client_gui.engine.secrets import KeyringSecretStore
-from client_gui.engine.tls import (
-    TlsPolicy,
-    UntrustedCertificate,
-    fetch_fingerprint,
-    format_fingerprint,
-    normalise_fingerprint,
-)
 from client_gui.engine.vault import hostname
 from shared.errors import AuthError, UsageError
 from shared.protocol.models import (
@@ -38,11 +26,16 @@ from shared.protocol.models import (
     validate_user_name,
 )
 
+if TYPE_CHECKING:  # the HTTP client is imported when a command runs, not with the CLI
+    from client_gui.engine.destinations import Destination
+    from client_gui.engine.remote import PasswordCredentials
+    from client_gui.engine.tls import TlsPolicy
+
 NO_KEYRING = ("no OS keyring is available to store the device token, so nothing was stored; "
               "set CAIRN_USER and CAIRN_PASSWORD for each run instead")
 
 
-def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("destination", help="sign in to a cairn-server; list or forget servers")
     dsub = p.add_subparsers(dest="destination_command", required=True, metavar="COMMAND")
 
@@ -113,6 +106,13 @@ def _device(ctx: Context) -> str:
 async def _trust_on_first_use(ctx: Context, base_url: str) -> TlsPolicy:
     """Pin the certificate the server presents, after the user compared its fingerprint (or
     said --yes); UntrustedCertificate/UsageError when not confirmed."""
+    from client_gui.engine.tls import (
+        TlsPolicy,
+        UntrustedCertificate,
+        fetch_fingerprint,
+        format_fingerprint,
+    )
+
     fingerprint = await fetch_fingerprint(base_url)
     shown = format_fingerprint(fingerprint)
     if ctx.args.yes:
@@ -136,6 +136,8 @@ async def _trust_on_first_use(ctx: Context, base_url: str) -> TlsPolicy:
 
 async def _sign_in(base_url: str, credentials: PasswordCredentials,
                    tls: TlsPolicy) -> TokenResponse:
+    from client_gui.engine.remote import RemoteServer
+
     server = RemoteServer(base_url, credentials, tls=tls)
     try:
         return await server.sign_in()
@@ -146,6 +148,15 @@ async def _sign_in(base_url: str, credentials: PasswordCredentials,
 
 
 async def add(ctx: Context) -> int:
+    from client_gui.engine.destinations import (
+        keyring_available,
+        new_destination,
+        server_url,
+        token_account,
+    )
+    from client_gui.engine.remote import PasswordCredentials
+    from client_gui.engine.tls import TlsPolicy, UntrustedCertificate, normalise_fingerprint
+
     args = ctx.args
     base_url = server_url(args.url)
     https = base_url.startswith("https://")
@@ -190,6 +201,8 @@ def _access(dest: Destination) -> str:
 
 
 def _trust(dest: Destination) -> str:
+    from client_gui.engine.tls import format_fingerprint
+
     if dest.base_url.startswith("http://"):
         return "none (plain http to this computer)"
     if dest.fingerprint:
@@ -200,6 +213,8 @@ def _trust(dest: Destination) -> str:
 
 
 def _row(ctx: Context, dest: Destination) -> dict[str, object]:
+    from client_gui.engine.destinations import token_account
+
     return {**dest.to_json(), "trust": _trust(dest),
             "token_stored": ctx.secrets.get(token_account(dest.base_url)) is not None}
 
@@ -225,6 +240,8 @@ async def list_destinations(ctx: Context) -> int:
 
 
 async def remove(ctx: Context) -> int:
+    from client_gui.engine.destinations import server_url, token_account
+
     base_url = server_url(ctx.args.url)
     dest = ctx.destinations.get(base_url)
     account = token_account(base_url)
