@@ -57,6 +57,17 @@ class FastCdcChunker:
         )
 
     def split_stream(self, stream: BinaryIO) -> Iterator[memoryview]:
+        # A stream shorter than the minimum chunk size is one chunk whatever the gear table:
+        # read it in one call instead of setting up a cut (~80 us each, which dominated the
+        # backup of many small files). A seekable stream that turns out longer is rewound.
+        if stream.seekable():
+            start = stream.tell()
+            head = stream.read(self.params.min_size)
+            if len(head) < self.params.min_size:
+                if head:
+                    yield memoryview(head)
+                return
+            stream.seek(start)
         for chunk in self._cdc.cut_stream(stream):
             yield chunk.data
 

@@ -555,6 +555,29 @@ def test_chunker_small_input_is_one_chunk() -> None:
     assert list(FastCdcChunker(SMALL).split_buffer(b"")) == []
 
 
+class _Pipe(io.RawIOBase):
+    """A stream that cannot seek (like a pipe)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        return self._data.readinto(buffer)
+
+
+@pytest.mark.parametrize("size", [0, 1, SMALL.min_size - 1, SMALL.min_size, 3 * SMALL.max_size])
+def test_chunker_stream_cuts_like_buffer_from_any_position_and_without_seeking(size) -> None:
+    data = random.Random(size).randbytes(size)
+    expected = [bytes(c) for c in FastCdcChunker(SMALL).split_buffer(data)]
+    offset = io.BytesIO(b"skip" + data)
+    offset.seek(4)
+    assert [bytes(c) for c in FastCdcChunker(SMALL).split_stream(offset)] == expected
+    assert [bytes(c) for c in FastCdcChunker(SMALL).split_stream(_Pipe(data))] == expected
+
+
 def test_chunker_seed_changes_boundaries() -> None:
     data = random.Random(3).randbytes(256 * 1024)
     other = ChunkerParams(SMALL.avg_size, SMALL.min_size, SMALL.max_size, seed=54321)
