@@ -181,13 +181,15 @@ def test_backup_killed_after_a_checkpoint_keeps_finished_files(
     make_cli: Callable[[str], Cli], tmp_path: Path
 ) -> None:
     # Many small files: the walker (which writes checkpoints) stays busy the whole run.
-    src = make_source(tmp_path / "src", 100 * MiB, seed=3, max_file=256 << 10, folders=12)
+    # Small files are fast to back up (about a second for all of them): checkpoint often and
+    # kill soon after the first one, so the kill lands before the final snapshot.
+    src = make_source(tmp_path / "src", 150 * MiB, seed=3, max_file=256 << 10, folders=12)
     cli = make_cli("vault")
     cli.init()
-    job = cli.start("--json", "backup", "--checkpoint-interval", "0.5", str(src))
+    job = cli.start("--json", "backup", "--checkpoint-interval", "0.1", str(src))
     try:
         assert wait_for(lambda: bool(object_names(cli.vault, "snapshots")), job, timeout=120)
-        time.sleep(random.Random(3).uniform(0, 0.2))  # a deliberately chosen kill time
+        time.sleep(random.Random(3).uniform(0, 0.05))  # a deliberately chosen kill time
         assert job.running, "the backup finished before it could be killed"
         job.kill()
     finally:
