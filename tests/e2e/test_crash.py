@@ -184,21 +184,26 @@ def test_backup_killed_after_a_checkpoint_keeps_finished_files(
     # Small files are fast to back up (about a second for all of them): checkpoint often and
     # kill soon after the first one, so the kill lands before the final snapshot.
     src = make_source(tmp_path / "src", 150 * MiB, seed=3, max_file=256 << 10, folders=12)
-    cli = make_cli("vault")
-    cli.init()
-    job = cli.start("--json", "backup", "--checkpoint-interval", "0.1", str(src))
-    try:
-        assert wait_for(lambda: bool(object_names(cli.vault, "snapshots")), job, timeout=120)
-        time.sleep(random.Random(3).uniform(0, 0.05))  # a deliberately chosen kill time
-        assert job.running, "the backup finished before it could be killed"
-        job.kill()
-    finally:
-        if job.running:
+    # On a busy machine the final snapshot can still beat the kill: then try a fresh vault
+    # (the scenario, not the engine, failed); three misses in a row fail the test.
+    for attempt in range(3):
+        cli = make_cli(f"vault{attempt}")
+        cli.init()
+        job = cli.start("--json", "backup", "--checkpoint-interval", "0.1", str(src))
+        try:
+            vault = cli.vault
+            assert wait_for(lambda: bool(object_names(vault, "snapshots")), job, timeout=120)
+            time.sleep(random.Random(3).uniform(0, 0.05))  # a deliberately chosen kill time
             job.kill()
-    cli.check_clean()
-
-    snaps = cli.snapshots()
-    assert snaps and all(s["checkpoint"] for s in snaps), snaps
+        finally:
+            if job.running:
+                job.kill()
+        cli.check_clean()
+        snaps = cli.snapshots()
+        assert snaps, "no snapshot at all"
+        if all(s["checkpoint"] for s in snaps):
+            break
+    assert all(s["checkpoint"] for s in snaps), f"the backup always finished first: {snaps}"
     target = tmp_path / "checkpoint"
     cli.restore(snaps[-1]["id"], target)
     got, want = digest(restored(target, src)), digest(src)
