@@ -191,8 +191,8 @@ def test_backup_killed_after_a_checkpoint_keeps_finished_files(
         cli.init()
         job = cli.start("--json", "backup", "--checkpoint-interval", "0.1", str(src))
         try:
-            vault = cli.vault
-            assert wait_for(lambda: bool(object_names(vault, "snapshots")), job, timeout=120)
+            assert wait_for(lambda vault=cli.vault: bool(object_names(vault, "snapshots")),
+                            job, timeout=120)
             time.sleep(random.Random(3).uniform(0, 0.05))  # a deliberately chosen kill time
             job.kill()
         finally:
