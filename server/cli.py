@@ -33,6 +33,7 @@ from server.db.database import Database, NoSuchUser
 from shared.errors import UsageError
 from shared.protocol.models import validate_device_id, validate_user_name
 from shared.protocol.paths import HEALTHZ
+from shared.units import human_size
 
 
 def _out(text: str = "") -> None:
@@ -60,14 +61,7 @@ def _database(args: argparse.Namespace) -> Iterator[Database]:
 
 
 def _size_text(n: int | None) -> str:
-    if n is None:
-        return "none"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
+    return "none" if n is None else human_size(n)
 
 
 def read_password(what: str = "password") -> str:

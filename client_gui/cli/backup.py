@@ -4,12 +4,13 @@ import argparse
 import dataclasses
 
 from client_gui.cli.context import Context
-from client_gui.cli.output import human_duration, human_size
+from client_gui.cli.output import human_duration
 from client_gui.engine.backup import BackupPlan, backup
 from client_gui.engine.exclude import load_exclude_file
 from client_gui.engine.progress import CancelToken
 from client_gui.engine.scan import abs_paths
 from shared.errors import UsageError
+from shared.units import human_size
 
 
 def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:

@@ -4,11 +4,12 @@ import argparse
 import stat
 
 from client_gui.cli.context import Context
-from client_gui.cli.output import format_time, human_size
+from client_gui.cli.output import format_time
 from client_gui.cli.snapshot_json import SNAPSHOT_HEADER, snapshot_json, snapshot_row
 from client_gui.engine import browse
 from client_gui.engine.walk import display
 from shared.format.tree import Node, NodeType
+from shared.units import human_size
 
 
 def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:

@@ -22,15 +22,6 @@ from client_gui.engine.progress import (
 JSON_PROGRESS_INTERVAL = 1.0  # seconds between JSON progress lines: enough for a script
 
 
-def human_size(n: int | float) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} PiB"
-
-
 def human_duration(seconds: float) -> str:
     return str(timedelta(seconds=int(seconds)))
 

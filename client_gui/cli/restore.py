@@ -4,9 +4,9 @@ import argparse
 from pathlib import Path
 
 from client_gui.cli.context import Context
-from client_gui.cli.output import human_size
 from client_gui.engine.progress import CancelToken
 from client_gui.engine.restore import RestorePlan, restore
+from shared.units import human_size
 
 
 def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:

@@ -3,8 +3,9 @@
 import dataclasses
 from typing import Any
 
-from client_gui.cli.output import format_time, human_size, iso_time
+from client_gui.cli.output import format_time, iso_time
 from client_gui.engine.vault import SnapshotRef
+from shared.units import human_size
 
 
 def path_text(raw: bytes) -> str:

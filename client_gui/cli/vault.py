@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from client_gui.cli.context import Context
-from client_gui.cli.output import format_time, human_size
+from client_gui.cli.output import format_time
 from client_gui.engine import browse
 from client_gui.engine.check import check
 from client_gui.engine.forget import forget
@@ -19,6 +19,7 @@ from client_gui.engine.secrets import vault_account
 from client_gui.engine.vault import Vault
 from shared.errors import DamageFound, UsageError, VaultExists
 from shared.storage.local import LocalStore
+from shared.units import human_size
 
 
 def parse_duration(text: str) -> timedelta:

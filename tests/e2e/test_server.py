@@ -294,6 +294,23 @@ def run_on_terminal(args: list[str], typed: str, env: dict[str, str]) -> CliResu
 
 # ---- a server that crashes mid-backup ------------------------------------------------------------
 
+def backup_until_first_pack(source: Path, env: dict[str, str], packs_dir: Path, log: Path,
+                            *options: str) -> subprocess.Popen[bytes]:
+    """A `cairn backup` process (stderr to `log`), returned once the server holds a pack."""
+    with log.open("wb") as err:
+        job = subprocess.Popen([sys.executable, "-m", "client_gui.cli.main", *options, "backup",
+                                str(source)], env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=err)
+    deadline = time.monotonic() + 120
+    while not pack_sizes(packs_dir) and job.poll() is None:
+        if time.monotonic() >= deadline:
+            job.kill()
+            job.wait()
+            raise AssertionError("no pack arrived in time")
+        time.sleep(0.01)
+    return job
+
+
 @pytest.mark.slow
 def test_server_backup_resumes_after_server_crash(
         cairn: Cairn, cairn_servers: Callable[..., CairnServer], tmp_path: Path) -> None:
@@ -304,15 +321,8 @@ def test_server_backup_resumes_after_server_crash(
     source = make_source(tmp_path / "src", 72 << 20, seed=3, max_file=8 << 20)
     packs_dir = srv.vault_dir(SERVER_USER, vault)
     log = tmp_path / "first.err"
-    with log.open("wb") as err:
-        first = subprocess.Popen([sys.executable, "-m", "client_gui.cli.main", "--json",
-                                  "backup", str(source)], env=env, cwd=REPO,
-                                 stdout=subprocess.DEVNULL, stderr=err)
+    first = backup_until_first_pack(source, env, packs_dir, log, "--json")
     try:
-        deadline = time.monotonic() + 120
-        while not pack_sizes(packs_dir) and first.poll() is None:
-            assert time.monotonic() < deadline, "no pack arrived in time"
-            time.sleep(0.01)
         srv.kill()
         assert first.wait(timeout=60) != 0, "the backup finished before the server died"
     finally:
@@ -349,15 +359,8 @@ def test_server_backup_rides_through_a_server_restart(
     source = make_source(tmp_path / "src", 40 << 20, seed=4, max_file=8 << 20)
     packs_dir = srv.vault_dir(SERVER_USER, vault)
     log = tmp_path / "backup.err"
-    with log.open("wb") as err:
-        backup = subprocess.Popen([sys.executable, "-m", "client_gui.cli.main", "backup",
-                                   str(source)], env=env, cwd=REPO,
-                                  stdout=subprocess.DEVNULL, stderr=err)
+    backup = backup_until_first_pack(source, env, packs_dir, log)
     try:
-        deadline = time.monotonic() + 120
-        while not pack_sizes(packs_dir) and backup.poll() is None:
-            assert time.monotonic() < deadline, "no pack arrived in time"
-            time.sleep(0.01)
         assert backup.poll() is None, "the backup finished before the server was killed"
         srv.kill()
         srv.start()
