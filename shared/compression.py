@@ -36,13 +36,17 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return d
 
 
-def compress(data: bytes | memoryview, level: int = DEFAULT_LEVEL) -> tuple[Compression, bytes]:
-    """Compress `data`; return it raw (Compression.NONE) when zstd does not make it smaller."""
+def compress(data: bytes | memoryview,
+             level: int = DEFAULT_LEVEL) -> tuple[Compression, bytes | memoryview]:
+    """Compress `data`; return it raw (Compression.NONE) when zstd does not make it smaller.
+
+    The raw case returns `data` itself (not a copy): callers that keep it must copy it.
+    """
     if level <= 0 or len(data) < 64:
-        return Compression.NONE, bytes(data)
+        return Compression.NONE, data
     packed: bytes = _compressor(level).compress(data)
     if len(packed) >= len(data):
-        return Compression.NONE, bytes(data)
+        return Compression.NONE, data
     return Compression.ZSTD, packed
 
 

@@ -11,6 +11,7 @@ import logging
 import os
 import stat
 import time
+from collections import deque
 from collections.abc import Coroutine
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -54,11 +55,17 @@ PROGRAM = "cairn 0.1.0"
 FILE_WORKERS = 2
 SEAL_WORKERS = os.cpu_count() or 2
 # Blobs being sealed at once, per sealer: bounds memory to ~4 x 4 MiB chunks per core.
-SEALS_IN_FLIGHT_PER_WORKER = 4
+SEALS_IN_FLIGHT_PER_WORKER = 2
 # Packs uploading at once: one on the wire while the next is filled; ~2 x pack size of RAM.
 UPLOADS_IN_FLIGHT = 2
 # Files queued ahead of the walker: enough to keep the readers busy on small files.
 FILES_IN_FLIGHT = 64
+# Walked directories whose files are still being read: the walker goes on to the next
+# directory instead of waiting (a tree of small folders would drain the readers at each one).
+DIRS_IN_FLIGHT = 1024
+# Trees of the parent snapshot loaded ahead of the walker (the subfolders of the folders it
+# entered): a no-change backup otherwise waits on one tree load at a time.
+TREES_AHEAD = 256
 CHECKPOINT_INTERVAL = 300.0  # seconds; must stay well below the prune grace period
 READ_RETRIES = 3
 
@@ -91,7 +98,27 @@ class _Frame:
     name: bytes
     path: bytes
     st: os.stat_result | None
-    items: list["Node | Future[Node | None]"] = field(default_factory=list)
+    items: list["Node | Future[Node | None] | _PendingDir"] = field(default_factory=list)
+
+
+@dataclass
+class _PendingDir:
+    """A walked directory whose tree is saved once all its files are read (in walk order)."""
+
+    frame: _Frame
+    parent: Node | None
+    parent_nodes: dict[bytes, Node]
+    node: Node | None = None  # set when finished
+    checked: int = 0  # items known to be done
+
+    def ready(self) -> bool:
+        items = self.frame.items
+        while self.checked < len(items):
+            item = items[self.checked]
+            if isinstance(item, Future) and not item.done():
+                return False
+            self.checked += 1
+        return True
 
 
 async def find_parent(vault: Vault, refs: list[SnapshotRef], host: str,
@@ -140,12 +167,17 @@ class _BackupRun:
         self.ledger = BlobLedger()
         self.packer = Packer(vault, loop, self.state, seal_workers=SEAL_WORKERS,
                              seals_in_flight=SEAL_WORKERS * SEALS_IN_FLIGHT_PER_WORKER,
-                             uploads_in_flight=UPLOADS_IN_FLIGHT)
+                             uploads_in_flight=UPLOADS_IN_FLIGHT,
+                             batch_below=self.chunker_params.min_size)
         # The walk and the final shutdown get threads of their own, not the loop's default
         # executor: they wait for coroutines (uploads, tree loads) that may need that executor.
         self.control_pool = ThreadPoolExecutor(2, thread_name_prefix="cairn-walk")
         self.walk: Future[BackupResult] | None = None
         self.stack: list[_Frame] = []
+        # Directories walked but not finished, in walk (post-)order: a directory comes after
+        # all of its subdirectories, so finishing from the front never meets an unfinished one.
+        self.pending: deque[_PendingDir] = deque()
+        self.tree_loads: dict[bytes, Future[tuple[Node, ...]]] = {}
         self.checkpoints: list[ObjectId] = []
         self.start = time.monotonic()
         self.last_checkpoint = self.start
@@ -158,7 +190,8 @@ class _BackupRun:
                                  id_key=self.id_key, read_retries=plan.read_retries,
                                  new_chunker=self._new_chunker, problem=self._problem,
                                  report=self._report, workers=FILE_WORKERS,
-                                 files_in_flight=FILES_IN_FLIGHT)
+                                 files_in_flight=FILES_IN_FLIGHT,
+                                 inline_below=self.chunker_params.min_size)
 
     # ---- set-up on the event loop ---------------------------------------------------------
 
@@ -201,6 +234,9 @@ class _BackupRun:
         """
         if self.walk is not None:
             wait([self.walk])
+        for fut in self.tree_loads.values():  # loads ahead the walk did not get to
+            fut.cancel()
+        wait(self.tree_loads.values())
         self.reader.shutdown()
         self.packer.shutdown()
 
@@ -249,15 +285,28 @@ class _BackupRun:
 
     # ---- the walk -------------------------------------------------------------------------
 
+    def _prefetch_tree(self, tree_id: ObjectId) -> Future[tuple[Node, ...]]:
+        fut = self.tree_loads.get(tree_id.raw)
+        if fut is None:
+            fut = self.tree_loads[tree_id.raw] = asyncio.run_coroutine_threadsafe(
+                self.vault.load_tree(tree_id), self.loop)
+        return fut
+
     def _load_parent_tree(self, parent: Node | None) -> dict[bytes, Node]:
         if parent is None or parent.type != NodeType.DIR or parent.subtree is None:
             return {}
+        fut = self._prefetch_tree(parent.subtree)
         try:
-            nodes = self._await(self.vault.load_tree(parent.subtree))
+            nodes = fut.result()
         except CairnError as exc:
             logger.warning("parent tree %s unreadable (%s); reading files again",
                            parent.subtree.short(), exc)
             return {}
+        finally:
+            self.tree_loads.pop(parent.subtree.raw, None)
+        for n in nodes:
+            if n.subtree is not None and len(self.tree_loads) < TREES_AHEAD:
+                self._prefetch_tree(n.subtree)
         return {n.name: n for n in nodes}
 
     def _entry(self, frame: _Frame, path: bytes, name: bytes, parent: Node | None) -> None:
@@ -275,7 +324,9 @@ class _BackupRun:
         if stat.S_ISDIR(mode):
             frame.items.append(self._directory(path, name, st, parent))
         elif stat.S_ISREG(mode):
-            frame.items.append(self.reader.save(path, name, st, parent))
+            item = self.reader.save(path, name, st, parent)
+            if item is not None:
+                frame.items.append(item)
         elif stat.S_ISLNK(mode):
             try:
                 target = os.readlink(path)
@@ -293,7 +344,7 @@ class _BackupRun:
         self._report()
 
     def _directory(self, path: bytes, name: bytes, st: os.stat_result,
-                   parent: Node | None) -> Node:
+                   parent: Node | None) -> _PendingDir:
         self.current = path
         parent_nodes = self._load_parent_tree(parent)
         frame = _Frame(name, path, st)
@@ -315,6 +366,33 @@ class _BackupRun:
                             parent_nodes.get(child))
         finally:
             self.stack.pop()
+        pending = _PendingDir(frame, parent, parent_nodes)
+        self.pending.append(pending)
+        self._finish_dirs(block=len(self.pending) > DIRS_IN_FLIGHT)
+        return pending
+
+    def _finish_dirs(self, *, block: bool) -> None:
+        """Save the trees of walked directories whose files are all read, oldest first.
+
+        With `block`, wait for the oldest one at least; `_finish_all_dirs` waits for all.
+        """
+        while self.pending:
+            head = self.pending[0]
+            if not head.ready():
+                if not block:
+                    return
+                self._resolve(head.frame)
+                block = False
+            self.pending.popleft()
+            head.node = self._finish_dir(head)
+
+    def _finish_all_dirs(self) -> None:
+        while self.pending:
+            self._finish_dirs(block=True)
+
+    def _finish_dir(self, pending: _PendingDir) -> Node:
+        frame, parent, parent_nodes = pending.frame, pending.parent, pending.parent_nodes
+        assert frame.st is not None
         nodes = self._resolve(frame)
         with self.state.stats_lock:
             self.stats.dirs += 1
@@ -327,11 +405,22 @@ class _BackupRun:
             self.ledger.use(tree_id)
         else:
             tree_id = self._save_tree(nodes)
-        return self._node(name, NodeType.DIR, st, subtree=tree_id, xattrs=read_xattrs(path))
+        node = self._node(frame.name, NodeType.DIR, frame.st, subtree=tree_id,
+                          xattrs=read_xattrs(frame.path))
+        # The same directory as last time: hand on the parent's node, so that the directory
+        # above can see with `is` that nothing changed and keep its tree too.
+        return parent if parent is not None and node == parent else node
 
     def _resolve(self, frame: _Frame) -> list[Node]:
+        """The finished nodes of `frame`, waiting for its files (and subdirectories)."""
         nodes = []
         for item in frame.items:
+            if isinstance(item, _PendingDir):
+                if item.node is None:
+                    self._finish_all_dirs()  # a checkpoint: finish what the walk has so far
+                assert item.node is not None
+                nodes.append(item.node)
+                continue
             if isinstance(item, Future):
                 while True:
                     try:

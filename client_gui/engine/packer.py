@@ -18,6 +18,9 @@ from shared.ids import BlobType, ObjectId, ObjectKey, ObjectKind
 
 logger = logging.getLogger(__name__)
 
+# Small blobs handed to the sealing pool at once (or fewer, once they add up to batch_below).
+BATCH_BLOBS = 32
+
 
 class Packer:
     """The seal -> pack -> upload -> index stages of one backup run, fed from any thread.
@@ -27,7 +30,8 @@ class Packer:
     """
 
     def __init__(self, vault: Vault, loop: asyncio.AbstractEventLoop, state: BackupState, *,
-                 seal_workers: int, seals_in_flight: int, uploads_in_flight: int) -> None:
+                 seal_workers: int, seals_in_flight: int, uploads_in_flight: int,
+                 batch_below: int = 0) -> None:
         self.vault = vault
         self.loop = loop
         self.state = state
@@ -45,6 +49,12 @@ class Packer:
         self.upload_slots = threading.BoundedSemaphore(uploads_in_flight)
         self.seal_slots = threading.BoundedSemaphore(seals_in_flight)
         self.seal_pool = ThreadPoolExecutor(seal_workers, thread_name_prefix="cairn-seal")
+        # Blobs smaller than this go to the pool in batches: one hand-off per blob cost more
+        # than sealing a small file's blob (thread wake-ups and GIL hand-offs).
+        self.batch_below = batch_below
+        self.batch: list[tuple[BlobType, ObjectId, bytes]] = []
+        self.batch_bytes = 0
+        self.batch_lock = threading.Lock()
 
     def recover(self, packs: dict[ObjectId, tuple[PackEntry, ...]]) -> None:
         """Index `packs` (stored, but in no index segment) at the next flush.
@@ -62,33 +72,57 @@ class Packer:
 
     # ---- sealing --------------------------------------------------------------------------
 
-    def _seal(self, blob_type: BlobType, blob_id: ObjectId, data: bytes) -> None:
+    def _seal(self, blobs: list[tuple[BlobType, ObjectId, bytes]]) -> None:
         try:
-            sealed = encode_blob(self.enc_key, blob_type, blob_id, data, self.level)
-            self._add_to_pack(blob_type, blob_id, sealed, len(data))
+            for blob_type, blob_id, data in blobs:
+                sealed = encode_blob(self.enc_key, blob_type, blob_id, data, self.level)
+                self._add_to_pack(blob_type, blob_id, sealed, len(data))
         except BaseException as exc:
             self.state.fail(exc)
             raise
         finally:
             self.seal_slots.release()
 
-    def submit_seal(self, blob_type: BlobType, blob_id: ObjectId, data: bytes) -> None:
-        """Seal and pack a new blob on the sealing pool; waits while too many are in flight."""
-        while not self.seal_slots.acquire(timeout=0.5):
-            self.state.check()
-        fut = self.seal_pool.submit(self._seal, blob_type, blob_id, data)
-        with self.futures_lock:
-            self.seals.add(fut)
-        fut.add_done_callback(self._seal_done)
+    def submit_seal(self, blob_type: BlobType, blob_id: ObjectId,
+                    data: bytes | memoryview) -> None:
+        """Seal and pack a new blob on the sealing pool (small ones in batches).
+
+        Waits while too many are in flight. `data` may be a view of the caller's buffer: it is
+        copied before this returns.
+        """
         with self.state.stats_lock:
             self.state.stats.new_blobs += 1
             self.state.stats.new_bytes += len(data)
+        if len(data) >= self.batch_below:
+            self._submit([(blob_type, blob_id, bytes(data))])
+            return
+        with self.batch_lock:
+            self.batch.append((blob_type, blob_id, bytes(data)))
+            self.batch_bytes += len(data)
+            if len(self.batch) < BATCH_BLOBS and self.batch_bytes < self.batch_below:
+                return
+            blobs, self.batch, self.batch_bytes = self.batch, [], 0
+        self._submit(blobs)
+
+    def _submit_batch(self) -> None:
+        with self.batch_lock:
+            blobs, self.batch, self.batch_bytes = self.batch, [], 0
+        if blobs:
+            self._submit(blobs)
+
+    def _submit(self, blobs: list[tuple[BlobType, ObjectId, bytes]]) -> None:
+        while not self.seal_slots.acquire(timeout=0.5):
+            self.state.check()
+        fut = self.seal_pool.submit(self._seal, blobs)
+        with self.futures_lock:
+            self.seals.add(fut)
+        fut.add_done_callback(self._seal_done)
 
     def _seal_done(self, fut: Future[None]) -> None:
         with self.futures_lock:
             self.seals.discard(fut)
 
-    def seal_now(self, blob_type: BlobType, blob_id: ObjectId, data: bytes) -> None:
+    def seal_now(self, blob_type: BlobType, blob_id: ObjectId, data: bytes | memoryview) -> None:
         """Seal and pack a new blob in the calling thread (the caller counts it)."""
         sealed = encode_blob(self.enc_key, blob_type, blob_id, data, self.level)
         self._add_to_pack(blob_type, blob_id, sealed, len(data))
@@ -153,6 +187,7 @@ class Packer:
 
         Call from a worker thread, never from the event loop (it waits on uploads there).
         """
+        self._submit_batch()
         self._wait_all(self.seals)
         with self.pack_lock:
             full = [w for w in self.writers.values() if w.count]

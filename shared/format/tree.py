@@ -92,25 +92,29 @@ def encode_tree(nodes: list[Node] | tuple[Node, ...]) -> bytes:
     return pack({"v": TREE_VERSION, "nodes": [_encode_node(n) for n in ordered]})
 
 
+# Decoding tables: key -> (attribute, exact type). msgpack yields exact int/str/bytes, so an
+# exact type check is both the strict one (a bool is no int here) and the fast one.
+_BY_KEY: dict[str, tuple[str, type]] = {key: (attr, _TYPES[attr]) for key, attr, _ in _FIELDS}
+_NODE_TYPES: dict[Any, NodeType] = {t.value: t for t in NodeType}
+
+
 def _decode_node(raw: Any, what: str) -> Node:
-    if not isinstance(raw, dict) or not isinstance(raw.get("n"), bytes):
+    if type(raw) is not dict or type(raw.get("n")) is not bytes:
         raise IntegrityError(f"{what} is damaged: bad node")
-    try:
-        ntype = NodeType(str(raw.get("t")))
-    except ValueError as exc:
-        raise IntegrityError(f"{what} is damaged: unknown node type") from exc
+    ntype = _NODE_TYPES.get(raw.get("t"))
+    if ntype is None:
+        raise IntegrityError(f"{what} is damaged: unknown node type")
     kwargs: dict[str, Any] = {"name": raw["n"], "type": ntype}
-    for key, attr, _default in _FIELDS:
-        if key in raw:
-            value = raw[key]
-            typ = _TYPES[attr]
-            if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+    for key, value in raw.items():
+        spec = _BY_KEY.get(key)
+        if spec is not None:
+            if type(value) is not spec[1]:
                 raise IntegrityError(f"{what} is damaged: field {key!r} has the wrong type")
-            kwargs[attr] = value
+            kwargs[spec[0]] = value
     if "c" in raw:
-        if not isinstance(raw["c"], list):
+        if type(raw["c"]) is not list:
             raise IntegrityError(f"{what} is damaged: bad content list")
-        kwargs["content"] = tuple(ObjectId(id_bytes(c, what)) for c in raw["c"])
+        kwargs["content"] = tuple([ObjectId(id_bytes(c, what)) for c in raw["c"]])
     if "sub" in raw:
         kwargs["subtree"] = ObjectId(id_bytes(raw["sub"], what))
     if "x" in raw:
@@ -133,4 +137,4 @@ def decode_tree(data: bytes, what: str = "tree") -> tuple[Node, ...]:
     nodes = body.get("nodes")
     if not isinstance(nodes, list):
         raise IntegrityError(f"{what} is damaged: no node list")
-    return tuple(_decode_node(n, what) for n in nodes)
+    return tuple([_decode_node(n, what) for n in nodes])

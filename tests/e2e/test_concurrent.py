@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from client_gui.engine.prune import DEFAULT_REPACK_THRESHOLD
 from tests.e2e.conftest import (
     Cli,
     Job,
@@ -108,7 +109,10 @@ def test_concurrent_backups_of_the_same_blobs(
     after = sum(pack_sizes(cli.vault).values())
     once = max(sa["stored_bytes"], sb["stored_bytes"])
     print(f"forget + prune: {stored / MiB:.1f} -> {after / MiB:.1f} MiB of packs ({pr})")
-    assert after <= once + 2 * MiB  # one copy of each blob (+ trees and pack headers)
+    # One copy of each blob (+ trees and pack headers), in packs that prune may keep with up
+    # to its repack threshold of unused bytes: which blobs share a pack depends on the race.
+    assert after <= (once + 2 * MiB) / (1 - DEFAULT_REPACK_THRESHOLD)
+    assert after < stored * 0.7
     cli.check_clean(quick=False)
     target = tmp_path / "restore-after-prune"
     cli.restore(sb["snapshot_id"], target)

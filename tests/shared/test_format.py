@@ -921,3 +921,40 @@ def test_aead_layout() -> None:
     assert open_sealed(ENC, sealed, b"ad") == b"hello"
     with pytest.raises(IntegrityError):
         open_sealed(ENC, sealed, b"other ad")
+
+
+class _Trickle(io.RawIOBase):
+    """A stream that returns at most a few bytes per read, in seeded random amounts."""
+
+    def __init__(self, data: bytes, seed: int) -> None:
+        self._data = io.BytesIO(data)
+        self._rng = random.Random(seed)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        want = min(len(buffer), self._rng.randint(1, 3 * SMALL.max_size // 2))
+        return self._data.readinto(memoryview(buffer)[:want])
+
+
+@SETTINGS
+@given(st.integers(0, 2**32), st.integers(0, 6 * SMALL.max_size))
+def test_chunker_stream_through_its_buffer_cuts_like_buffer(seed: int, size: int) -> None:
+    # The stream is cut in windows of the chunker's own reused buffer: uneven reads and
+    # several streams one after another (the buffer reused) cut exactly like one buffer.
+    chunker = FastCdcChunker(SMALL)
+    for n in (size, size // 3):
+        data = random.Random(seed + n).randbytes(n)
+        expected = [bytes(c) for c in chunker.split_buffer(data)]
+        assert [bytes(c) for c in chunker.split_stream(_Trickle(data, seed))] == expected
+
+
+def test_chunker_two_streams_open_at_once_in_one_thread() -> None:
+    chunker = FastCdcChunker(SMALL)
+    a, b = random.Random(1).randbytes(5 * SMALL.max_size), random.Random(2).randbytes(70_000)
+    outer = chunker.split_stream(io.BytesIO(a))
+    first = bytes(next(outer))
+    inner = [bytes(c) for c in chunker.split_stream(io.BytesIO(b))]  # not the busy buffer
+    assert [first, *(bytes(c) for c in outer)] == [bytes(c) for c in chunker.split_buffer(a)]
+    assert inner == [bytes(c) for c in chunker.split_buffer(b)]
