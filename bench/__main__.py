@@ -1,7 +1,9 @@
 """`python -m bench`: install the tools, generate the data, run the comparison, write the page.
 
     python -m bench run [--size 2GiB] [--rounds 3] [--small-files 100000] [--only cairn,restic]
-                        [--modes local,http] [--quick] [--no-profile] [--work DIR]
+                        [--modes local,http] [--quick] [--no-profile] [--no-pipeline]
+                        [--work DIR]
+    python -m bench pipeline [--size ..] [--into FILE]  # the 2-core pipeline limit only
     python -m bench install          # restic, rest-server, Borg, matplotlib, py-spy
     python -m bench data [--size ..] # generate (or check) the data only
     python -m bench report FILE      # rebuild the page from a results JSON
@@ -24,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import dataset, measure, mutation, page, profiling, report, tools
+from bench import dataset, measure, mutation, page, pipeline, profiling, report, tools
 from bench.runners import MODES, TOOLS
 from bench.suite import Sample, SuiteConfig, run_suite, sample_dicts
 
@@ -63,10 +65,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--only", default=",".join(TOOLS), help="tools, comma-separated")
     run.add_argument("--modes", default=",".join(MODES), help="local,http")
     run.add_argument("--no-profile", action="store_true", help="skip profiling Cairn")
+    run.add_argument("--no-pipeline", action="store_true",
+                     help="skip measuring the 2-core pipeline limit")
     run.add_argument("--timeout", type=float, default=3600.0, help="per command, seconds")
     run.add_argument("--output", type=Path, default=None,
                      help="the page (default docs/PERFORMANCE.md; quick: next to the JSON)")
     run.add_argument("--note", default="", help="a sentence for the page about this run")
+    pipe = sub.add_parser("pipeline", help="measure the 2-core pipeline limit only")
+    data_options(pipe)
+    pipe.add_argument("--into", type=Path, default=None,
+                      help="add it to this results JSON of the same tree (then `report` it)")
     rep = sub.add_parser("report", help="rebuild the page from a results JSON")
     rep.add_argument("file", type=Path)
     rep.add_argument("--output", type=Path, default=DEFAULT_PAGE)
@@ -171,6 +179,9 @@ def _run(args: argparse.Namespace) -> int:
     outcome = run_suite(config, toolset, home, small, args.work / "runs", record)
     results["skipped"] = outcome.skipped
     results["mutation"] = asdict(outcome.mutation) if outcome.mutation else {}
+    if not args.no_pipeline:
+        results["pipeline"] = _pipeline(home, small, args.seed)
+        json_path.write_text(json.dumps(results, indent=1))
     if not args.no_profile and "cairn" in selected:
         results["profiles"] = profiling.profile_cairn(toolset, home, small,
                                                       args.work / "profile", args.timeout)
@@ -181,6 +192,47 @@ def _run(args: argparse.Namespace) -> int:
     _write_page(toolset, results, output)
     print(report.metric_table(results, "wall", report.fmt_seconds, "wall time, median"))
     print(f"\nresults: {json_path}\npage: {output}")
+    return 0
+
+
+def _pipeline(home: dataset.Dataset, small: dataset.Dataset | None, seed: int) -> dict[str, Any]:
+    """The pipeline measurement for the results document; an error there does not end a run."""
+    logger.info("measuring the 2-core pipeline limit")
+    try:
+        return pipeline.measure(home, small, seed).to_json()
+    except OSError as exc:
+        logger.error("pipeline: %s", exc)
+        return {"error": f"{exc.strerror or exc}: {exc.filename or ''}"}
+
+
+def _load_results(path: Path) -> dict[str, Any]:
+    try:
+        results: dict[str, Any] = json.loads(path.read_text())
+        results["samples"]  # noqa: B018 - a results document has samples
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BenchError(f"{path} is not a results file of `bench run`") from exc
+    return results
+
+
+def _pipeline_only(args: argparse.Namespace) -> int:
+    target = _load_results(args.into) if args.into else None
+    home, small = _data(args)
+    if target is not None and target.get("dataset", {}).get("home", {}).get("bytes") != home.bytes:
+        raise BenchError(f"{args.into} measured another tree; use its --size and --seed")
+    measured = pipeline.measure(home, small, args.seed).to_json()
+    if target is not None:
+        results, json_path = target, args.into
+        results["pipeline"] = measured
+    else:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        json_path = RESULTS_DIR / f"pipeline-{stamp}.json"
+        results = {"version": 1, "pipeline": measured, "machine": tools.machine(args.work),
+                   "dataset": {"home": _dataset_json(home),
+                               **({"small": _dataset_json(small)} if small else {})}}
+    json_path.write_text(json.dumps(results, indent=1))
+    print(page.pipeline_section(results))
+    print(f"results: {json_path}")
     return 0
 
 
@@ -211,14 +263,12 @@ def main(argv: list[str] | None = None) -> int:
             _data(args)
             return 0
         if args.command == "report":
-            try:
-                results = json.loads(args.file.read_text())
-                results["samples"]  # noqa: B018 - a results document has samples
-            except (ValueError, KeyError, TypeError) as exc:
-                raise BenchError(f"{args.file} is not a results file of `bench run`") from exc
+            results = _load_results(args.file)
             _write_page(tools.install(), results, args.output)
             print(f"page: {args.output}")
             return 0
+        if args.command == "pipeline":
+            return _pipeline_only(args)
         return _run(args)
     except (BenchError, tools.ToolError) as exc:
         print(f"bench: error: {exc}", file=sys.stderr)

@@ -59,6 +59,139 @@ def _profile(title: str, prof: dict[str, Any]) -> str:
     return "\n".join(text)
 
 
+_STAGE_LABELS = {
+    "read": "read: open + read each file into a reused buffer",
+    "chunk": "chunk: FastCDC (`split_buffer`)",
+    "hash": "hash: keyed BLAKE3 of each chunk",
+    "compress": "compress: zstd level 3, distinct chunks",
+    "encrypt": "encrypt: XChaCha20-Poly1305, compressed payloads",
+}
+
+
+def _mib_s(size: float, seconds: float | None) -> str:
+    return f"{size / 2**20 / seconds:,.0f} MiB/s" if seconds else "–"
+
+
+def _pipeline_table(p: dict[str, Any]) -> str:
+    size = p.get("bytes", 0)
+    total = sum(s["seconds"] for s in p.get("stages", []))
+    lines = ["| | input | seconds | throughput |", "|---|---:|---:|---:|"]
+    for s in p.get("stages", []):
+        lines.append(f"| {_STAGE_LABELS.get(s['stage'], s['stage'])} | "
+                     f"{format_size(s['bytes'])} | {fmt_seconds(s['seconds'])} | "
+                     f"{_mib_s(s['bytes'], s['seconds'])} |")
+    lines.append(f"| all five stages, one thread (sum) | {format_size(size)} | "
+                 f"{fmt_seconds(total)} | {_mib_s(size, total)} |")
+    lines.append(f"| **{p.get('cores', 2)}-core limit** (sum ÷ {p.get('cores', 2)}) | "
+                 f"{format_size(size)} | **{fmt_seconds(p.get('limit_seconds'))}** | "
+                 f"{_mib_s(size, p.get('limit_seconds'))} |")
+    for c in p.get("chains", []):
+        threads = "1 thread" if c["threads"] == 1 else f"{c['threads']} threads"
+        lines.append(f"| whole chain, {threads} (wall) | {format_size(c['bytes'])} | "
+                     f"{fmt_seconds(c['seconds'])} | {_mib_s(c['bytes'], c['seconds'])} |")
+    return "\n".join(lines)
+
+
+def _initial_walls(results: Results, case: str) -> tuple[float | None, float | None]:
+    """Median local initial-backup wall times of restic and Cairn for `case`."""
+    med = report.medians(results.get("samples", []))
+    restic = med.get((case, "local", "initial", "restic"), {}).get("wall")
+    cairn = med.get((case, "local", "initial", "cairn"), {}).get("wall")
+    return restic, cairn
+
+
+def _pipeline_versus_restic(results: Results, p: dict[str, Any]) -> list[str]:
+    restic, cairn = _initial_walls(results, "home")
+    limit = p.get("limit_seconds")
+    rounds_tree = results.get("dataset", {}).get("home", {}).get("bytes")
+    if rounds_tree is not None and rounds_tree != p.get("bytes"):
+        return [f"The limit was measured on another tree ({format_size(p.get('bytes', 0))}) "
+                f"than the rounds ({format_size(rounds_tree)}), so it is not compared with "
+                "them.", ""]
+    if not restic or not limit:
+        return ["restic's initial backup of the home tree (local) was not measured in this run, "
+                "so the limit is not compared with it.", ""]
+    two = next((c["seconds"] for c in p.get("chains", []) if c["threads"] == p.get("cores")),
+               None)
+    target = next(t[5] for t in report.TARGETS if t[1:5] == ("home", "local", "initial", "wall"))
+    rows = [("restic, initial backup (local, median)", restic),
+            ("the limit: every stage, both cores busy, nothing else", limit),
+            (f"whole chain, {p.get('cores')} threads", two),
+            ("Cairn, initial backup (local, median)", cairn)]
+    lines = ["| initial backup of the home tree | seconds | ÷ restic |", "|---|---:|---:|"]
+    lines += [f"| {label} | {fmt_seconds(v)} | {report.fmt_ratio(report.ratio(v, restic))} |"
+              for label, v in rows]
+    limit_ratio = limit / restic
+    if limit_ratio > target:
+        text = (f"Even with no overhead at all, Cairn could not go below {limit_ratio:.2f}× "
+                f"restic's time for the initial backup on this machine, so the ≤ {target:.2f}× "
+                "target cannot be met with these building blocks here.")
+    else:
+        text = (f"The building blocks alone would allow {limit_ratio:.2f}× restic's time, "
+                f"within the ≤ {target:.2f}× target: what separates Cairn from it is the rest "
+                "of its work (scanning, packing, index, writes) and how well it keeps both "
+                "cores busy.")
+    if cairn:
+        side = "above" if cairn >= limit else "below"
+        text += (f" Cairn measured {cairn / restic:.2f}× restic: {cairn / limit:.2f}× the "
+                 f"limit, {fmt_seconds(abs(cairn - limit))} {side} it.")
+    return [*lines, "", text, ""]
+
+
+def _pipeline_small(results: Results, p: dict[str, Any]) -> list[str]:
+    small = p.get("small")
+    if not small:
+        return []
+    home = next((c for c in p.get("chains", []) if c["threads"] == small["threads"]), None)
+    per_file = small["seconds"] / small["files"] * 1e6 if small["files"] else 0.0
+    text = (f"**Many small files**: the whole chain on {small['threads']} threads over the "
+            f"{small['files']:,} files ({format_size(small['bytes'])}) took "
+            f"{fmt_seconds(small['seconds'])}, {per_file:.0f} µs a file "
+            f"({_mib_s(small['bytes'], small['seconds'])}"
+            + (f", against {_mib_s(home['bytes'], home['seconds'])} on the home tree"
+               if home else "") + ").")
+    restic, cairn = _initial_walls(results, "small")
+    if restic and results.get("dataset", {}).get("small", {}).get("files") == small["files"]:
+        text += (f" restic's initial backup of this tree took {fmt_seconds(restic)} (the chain: "
+                 f"{report.fmt_ratio(report.ratio(small['seconds'], restic))} of it)"
+                 + (f"; Cairn's {fmt_seconds(cairn)} "
+                    f"({report.fmt_ratio(report.ratio(cairn, restic))})" if cairn else "") + ".")
+    return [text, ""]
+
+
+def pipeline_section(results: Results) -> str:
+    """"The 2-core pipeline limit": the stages alone, the chain, and the limit against restic."""
+    p = results.get("pipeline")
+    head = ["## The 2-core pipeline limit", ""]
+    if not p:
+        return "\n".join([*head, "Not measured in this run.", ""])
+    if "error" in p:
+        return "\n".join([*head, f"Not measured: {p['error']}.", ""])
+    distinct = next(iter(p.get("chains", [])), {})
+    parts = [
+        *head,
+        "Cairn's own building blocks from `shared/`, measured in-process by `bench/pipeline.py` "
+        f"on the home tree ({p.get('files', 0):,} regular files, "
+        f"{format_size(p.get('bytes', 0))}, page cache warm), without the rest of a backup's "
+        "work: no scanning, packing, index, metadata or writes. Each file is read whole into "
+        "a buffer reused from file to file, one file in memory per thread. *Stages alone*: "
+        "one pass on one thread, `time.perf_counter` around each stage's own calls; compress "
+        "and encrypt see only the "
+        f"{distinct.get('distinct_chunks', 0):,} distinct chunks "
+        f"({format_size(distinct.get('distinct_bytes', 0))}; a chunk whose keyed ID was seen "
+        "before is skipped), as in a backup. Throughput is of each stage's own input. *Whole "
+        "chain*: read, chunk, hash, skip known, compress, encrypt, file by file, on a "
+        "ThreadPoolExecutor whose workers take the next file from a shared list; wall time. "
+        f"*The {p.get('cores', 2)}-core limit* is the sum of the stage times divided by "
+        f"{p.get('cores', 2)}: both cores busy all the time with these stages and nothing else.",
+        "",
+        _pipeline_table(p), "",
+        *_pipeline_versus_restic(results, p),
+        *_pipeline_small(results, p),
+    ]
+    return "\n".join(parts)
+
+
 def _method(results: Results) -> str:
     config = results.get("config", {})
     data = results.get("dataset", {})
@@ -180,6 +313,7 @@ def render(results: Results, chart: str | None) -> str:
         parts += ["Not profiled in this run.", ""]
     for title, prof in profiles.items():
         parts += [_profile(title.capitalize(), prof), ""]
+    parts += [pipeline_section(results)]
     parts += [
         "## How it was measured", "",
         _method(results), "",
