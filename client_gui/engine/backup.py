@@ -378,11 +378,9 @@ class _BackupRun:
         """
         while self.pending:
             head = self.pending[0]
-            if not head.ready():
-                if not block:
-                    return
-                self._resolve(head.frame)
-                block = False
+            if not (block or head.ready()):
+                return
+            block = False  # _finish_dir waits for the files of the oldest one
             self.pending.popleft()
             head.node = self._finish_dir(head)
 
