@@ -56,7 +56,7 @@ async def run(ctx: Context, cancel: CancelToken) -> int:
                       checkpoint_interval=args.checkpoint_interval)
     abs_paths(plan.paths)  # the engine's own check, run before asking for a passphrase
     out = ctx.out
-    async with ctx.open_vault() as vault:
+    async with ctx.open_vault(load_index=False) as vault:  # backup loads it if it must
         result = await backup(vault, plan, progress=out, cancel=cancel)
     out.stop_progress()
     s = result.snapshot.stats

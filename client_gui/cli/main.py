@@ -162,7 +162,16 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def main() -> None:
-    sys.exit(run())
+    code = run()
+    # Everything is written and closed by now. Tearing the interpreter down (freeing every
+    # object, one at a time) took 0.2-0.3 s, a third of a no-change backup: skip it.
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can reach it anyway
+            pass
+    os._exit(code)
 
 
 if __name__ == "__main__":

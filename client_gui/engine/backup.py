@@ -19,8 +19,17 @@ from typing import Any, TypeVar
 
 from client_gui.engine.backup_reader import FileReader
 from client_gui.engine.backup_state import BackupState
+from client_gui.engine.cache import CachingStore
 from client_gui.engine.dedup import BlobLedger
 from client_gui.engine.exclude import Excluder, is_cache_dir
+from client_gui.engine.folder_cache import (
+    FolderCache,
+    FolderCacheFile,
+    FolderRecord,
+    node_entry,
+    signature,
+    stat_entry,
+)
 from client_gui.engine.packer import Packer
 from client_gui.engine.progress import (
     BackupProgress,
@@ -40,6 +49,7 @@ from client_gui.engine.scan import (
 from client_gui.engine.vault import SnapshotRef, Vault, hostname, username
 from shared.chunking import Chunker, FastCdcChunker
 from shared.errors import CairnError, Cancelled, InternalError, PermissionDenied
+from shared.format.codec import pack
 from shared.format.deletion import DeletionMarker
 from shared.format.snapshot import Snapshot, SnapshotStats
 from shared.format.tree import Node, NodeType, encode_tree
@@ -98,7 +108,18 @@ class _Frame:
     name: bytes
     path: bytes
     st: os.stat_result | None
+    virtual: bool = False  # above the backed-up paths: only the chosen entries, no xattrs
     items: list["Node | Future[Node | None] | _PendingDir"] = field(default_factory=list)
+    prev_tree: ObjectId | None = None  # the folder's tree in the parent snapshot
+    parent_nodes: dict[bytes, Node] = field(default_factory=dict)  # that tree's nodes
+    # The folder cache's record when the entries' signature matched it. Its entries other
+    # than subfolders are then only listed in `deferred`: no node is built for them unless a
+    # subfolder turns out changed (or a checkpoint needs this folder's tree).
+    record: FolderRecord | None = None
+    deferred: list[tuple[bytes, bytes, os.stat_result]] | None = None
+    up: "_Frame | None" = None  # the folder this one is in
+    tree_load: Future[tuple[Node, ...]] | None = None  # of prev_tree, when loaded ahead
+    prefetched: bool = False  # its parent tree is being loaded ahead
 
 
 @dataclass
@@ -107,11 +128,14 @@ class _PendingDir:
 
     frame: _Frame
     parent: Node | None
-    parent_nodes: dict[bytes, Node]
-    node: Node | None = None  # set when finished
+    node: Node | None = None  # set when finished (None for the root)
+    tree: ObjectId | None = None  # set when finished
+    unchanged: bool = False  # finished from the folder cache: the same tree as last time
     checked: int = 0  # items known to be done
 
     def ready(self) -> bool:
+        if self.frame.deferred is not None and self.frame.record is None:
+            return False  # a changed folder whose entries wait for its parent tree
         items = self.frame.items
         while self.checked < len(items):
             item = items[self.checked]
@@ -119,6 +143,26 @@ class _PendingDir:
                 return False
             self.checked += 1
         return True
+
+
+@dataclass
+class _NewRecord:
+    """A folder record of this run; blobs not yet in a stored pack are resolved at the end."""
+
+    sig: bytes
+    tree: ObjectId
+    files: int
+    bytes: int
+    packs: frozenset[ObjectId]
+    unresolved: list[ObjectId] = field(default_factory=list)
+
+
+def _name(node: Node) -> bytes:
+    return node.name
+
+
+def _same(node: Node, before: Node | None) -> bool:
+    return node is before or node == before
 
 
 async def find_parent(vault: Vault, refs: list[SnapshotRef], host: str,
@@ -178,6 +222,21 @@ class _BackupRun:
         # all of its subdirectories, so finishing from the front never meets an unfinished one.
         self.pending: deque[_PendingDir] = deque()
         self.tree_loads: dict[bytes, Future[tuple[Node, ...]]] = {}
+        self.markers: dict[ObjectId, DeletionMarker] = {}
+        self.index_loaded = False
+        self.index_task: asyncio.Future[None] | None = None
+        # Changed folders (with the folder cache) whose parent trees are loading: their entries
+        # are looked at once the tree is there, so the walk never waits for one.
+        self.loading: deque[_Frame] = deque()
+        # The folder cache (with a local cache folder): the last run's records while they may
+        # be trusted, this run's, and the packs of the folders taken from it.
+        self.folder_file = (FolderCacheFile(vault.store.root / "folders", vault.keys,
+                                            self._options())
+                            if isinstance(vault.store, CachingStore) else None)
+        self.folders: FolderCache | None = None
+        self.trusted_segments: set[ObjectId] = set()
+        self.new_records: dict[bytes, _NewRecord] = {}
+        self.cached_packs: set[ObjectId] = set()
         self.checkpoints: list[ObjectId] = []
         self.start = time.monotonic()
         self.last_checkpoint = self.start
@@ -193,17 +252,18 @@ class _BackupRun:
                                  files_in_flight=FILES_IN_FLIGHT,
                                  inline_below=self.chunker_params.min_size)
 
+    def _options(self) -> bytes:
+        """What makes two runs' walks comparable: the folder cache of one is not the other's."""
+        p = self.plan
+        return pack([[bytes(x) for x in self.paths], list(p.excludes), list(p.exclude_paths),
+                     p.exclude_caches, p.one_file_system])
+
     # ---- set-up on the event loop ---------------------------------------------------------
 
     async def prepare(self) -> None:
         # Markers before the index: a sweep finishing in between deletes a pack and its
         # marker, and an index read first would still name the pack.
-        markers = await self.vault.load_deletions()
-        await self.vault.load_index()
-        recovered = {pid: self.vault.index.packs[pid] for pid in self.vault.unindexed_packs
-                     if pid in self.vault.index.packs}
-        self.packer.recover(recovered)
-        self._apply_markers(markers)
+        self.markers = await self.vault.load_deletions()
         refs = await self.vault.list_snapshots()
         if self.plan.parent:
             self.parent = await self.vault.find_snapshot(self.plan.parent, refs)
@@ -212,9 +272,51 @@ class _BackupRun:
         if self.parent is not None:
             s = self.parent.snapshot.stats
             self.estimate = (s.files, s.bytes)
+        self.folders = await self._open_folder_cache()
+        if self.folders is None:
+            await self._index_ready()  # else only once a folder changed
+
+    async def _open_folder_cache(self) -> FolderCache | None:
+        """The last run's folder cache, if it may be trusted now (see folder_cache.py)."""
+        if self.folder_file is None or self.parent is None or self.markers:
+            return None
+        cache = await asyncio.to_thread(self.folder_file.load)
+        if cache is None or cache.snapshot != self.parent.id:
+            return None
+        listed = {info.key.id async for info in self.vault.store.list(ObjectKind.INDEX)}
+        if not cache.segments <= listed:
+            logger.info("the index changed since the last backup; not using the folder cache")
+            return None
+        self.trusted_segments = set(cache.segments)
+        return cache
+
+    async def _load_index(self) -> None:
+        await self.vault.load_index()
+        recovered = {pid: self.vault.index.packs[pid] for pid in self.vault.unindexed_packs
+                     if pid in self.vault.index.packs}
+        self.packer.recover(recovered)
+        self._apply_markers(self.markers)
+        self.index_loaded = True
+
+    async def _index_ready(self) -> None:
+        """Load the index once (on the loop; later callers wait for the same load)."""
+        if self.index_task is None:
+            self.index_task = asyncio.ensure_future(self._load_index())
+        await asyncio.shield(self.index_task)
+
+    def _ensure_index(self) -> None:
+        """Load the index (from the walker) before the first blob is looked up or stored."""
+        if not self.index_loaded:
+            self._await(self._index_ready())
 
     async def _load_markers(self) -> None:
-        self._apply_markers(await self.vault.load_deletions())
+        self.markers = await self.vault.load_deletions()
+        if self.markers:
+            self.folders = None  # the packs it names may be going: trust only the index now
+        if self.index_loaded:
+            self._apply_markers(self.markers)
+        elif self.markers:
+            await self._index_ready()
 
     def _apply_markers(self, markers: dict[ObjectId, DeletionMarker]) -> None:
         self.ledger.apply_markers(self.vault.index, markers)
@@ -273,6 +375,7 @@ class _BackupRun:
         return stat_node(name, ntype, st, self.owners, **extra)
 
     def _save_tree(self, nodes: list[Node]) -> ObjectId:
+        self._ensure_index()
         data = encode_tree(nodes)
         tree_id = keyed_id(self.id_key, data)
         self.ledger.use(tree_id)
@@ -289,37 +392,117 @@ class _BackupRun:
         fut = self.tree_loads.get(tree_id.raw)
         if fut is None:
             fut = self.tree_loads[tree_id.raw] = asyncio.run_coroutine_threadsafe(
-                self.vault.load_tree(tree_id), self.loop)
+                self._load_tree(tree_id), self.loop)
         return fut
 
-    def _load_parent_tree(self, parent: Node | None) -> dict[bytes, Node]:
-        if parent is None or parent.type != NodeType.DIR or parent.subtree is None:
+    async def _load_tree(self, tree_id: ObjectId) -> tuple[Node, ...]:
+        await self._index_ready()  # where the tree is
+        return await self.vault.load_tree(tree_id)
+
+    def _load_parent_tree(self, tree_id: ObjectId | None) -> dict[bytes, Node]:
+        if tree_id is None:
             return {}
-        fut = self._prefetch_tree(parent.subtree)
+        fut = self._prefetch_tree(tree_id)
         try:
             nodes = fut.result()
         except CairnError as exc:
             logger.warning("parent tree %s unreadable (%s); reading files again",
-                           parent.subtree.short(), exc)
+                           tree_id.short(), exc)
             return {}
         finally:
-            self.tree_loads.pop(parent.subtree.raw, None)
-        for n in nodes:
-            if n.subtree is not None and len(self.tree_loads) < TREES_AHEAD:
-                self._prefetch_tree(n.subtree)
+            self.tree_loads.pop(tree_id.raw, None)
+        if self.folders is None:  # with the folder cache, subfolders are most likely in it
+            for n in nodes:
+                if n.subtree is not None and len(self.tree_loads) < TREES_AHEAD:
+                    self._prefetch_tree(n.subtree)
         return {n.name: n for n in nodes}
 
-    def _entry(self, frame: _Frame, path: bytes, name: bytes, parent: Node | None) -> None:
-        """Back up one path (any type) into `frame`."""
-        self.state.check()
-        self._maybe_checkpoint()
-        if self.excluder.excluded(path):
-            return
+    def _list(self, path: bytes, st: os.stat_result) -> list[tuple[bytes, bytes, os.stat_result]]:
+        """The entries of directory `path` to back up, as (name, path, lstat), in name order."""
+        if self.plan.one_file_system and self.root_dev is not None \
+                and st.st_dev != self.root_dev:
+            return []  # a mount point: kept, its contents not crossed
         try:
-            st = os.lstat(path)
+            names = sorted(os.listdir(path))
         except OSError as exc:
-            self._problem(path, f"cannot stat: {exc.strerror}", "unreadable")
+            self._problem(path, f"cannot list directory: {exc.strerror}", "unreadable")
+            return []
+        if self.plan.exclude_caches and b"CACHEDIR.TAG" in names and is_cache_dir(path):
+            names = [b"CACHEDIR.TAG"]
+        base = path.rstrip(b"/") + b"/"
+        kids = []
+        for name in names:
+            child = base + name
+            if self.excluder.excluded(child):
+                continue
+            try:
+                kids.append((name, child, os.lstat(child)))
+            except OSError as exc:
+                self._problem(child, f"cannot stat: {exc.strerror}", "unreadable")
+        return kids
+
+    def _open(self, frame: _Frame, kids: list[tuple[bytes, bytes, os.stat_result]],
+              prev_tree: ObjectId | None) -> None:
+        """Decide how `frame` is walked: from the folder cache if its entries' signature
+        matches, else against the parent snapshot's tree (loaded here)."""
+        record = None
+        if self.folders is not None and self.folder_file is not None:
+            record = self.folders.records.get(self.folder_file.key(frame.path))
+        frame.prev_tree = prev_tree if prev_tree is not None or record is None else record.tree
+        if record is not None and record.sig == signature(
+                [stat_entry(name, st) for name, _, st in kids]):
+            frame.record = record
+            frame.deferred = []
             return
+        if self.folders is None:
+            self._ensure_index()
+            frame.parent_nodes = self._load_parent_tree(frame.prev_tree)
+            return
+        # A changed folder while the folder cache is used: its tree (and those of the folders
+        # above it, which change too) load while the walk goes on; its entries other than
+        # subfolders wait in `deferred` until then (_materialize). Its subfolders find their
+        # old trees in the folder cache.
+        frame.deferred = []
+        if frame.prev_tree is not None:
+            frame.tree_load = self._prefetch_tree(frame.prev_tree)
+        else:
+            asyncio.run_coroutine_threadsafe(self._index_ready(), self.loop)
+        self._prefetch_up(frame.up)
+        self.loading.append(frame)
+
+    def _prefetch_up(self, frame: _Frame | None) -> None:
+        while frame is not None and frame.deferred is not None and not frame.prefetched:
+            frame.prefetched = True
+            if frame.prev_tree is not None:
+                self._prefetch_tree(frame.prev_tree)
+            frame = frame.up
+
+    def _walk(self, frame: _Frame, kids: list[tuple[bytes, bytes, os.stat_result]],
+              trie: dict[bytes, Any] | None) -> None:
+        """Back up the entries of `frame` (for a virtual folder, `trie` names the chosen ones:
+        a name mapping to None is a backed-up path, a dict the folders leading to others)."""
+        self.stack.append(frame)
+        try:
+            for name, path, st in kids:
+                self.state.check()
+                self._maybe_checkpoint()
+                sub = trie.get(name) if trie is not None else None
+                if sub is not None:
+                    frame.items.append(self._virtual(path, name, st, sub,
+                                                     frame.parent_nodes.get(name)))
+                    continue
+                if frame.deferred is not None and not stat.S_ISDIR(st.st_mode):
+                    frame.deferred.append((name, path, st))
+                    continue
+                if trie is not None:
+                    self.root_dev = st.st_dev
+                self._entry(frame, path, name, st, frame.parent_nodes.get(name))
+        finally:
+            self.stack.pop()
+
+    def _entry(self, frame: _Frame, path: bytes, name: bytes, st: os.stat_result,
+               parent: Node | None) -> None:
+        """Back up one path (any type) into `frame`."""
         mode = st.st_mode
         if stat.S_ISDIR(mode):
             frame.items.append(self._directory(path, name, st, parent))
@@ -346,27 +529,27 @@ class _BackupRun:
     def _directory(self, path: bytes, name: bytes, st: os.stat_result,
                    parent: Node | None) -> _PendingDir:
         self.current = path
-        parent_nodes = self._load_parent_tree(parent)
-        frame = _Frame(name, path, st)
-        self.stack.append(frame)
-        try:
-            if self.plan.one_file_system and self.root_dev is not None \
-                    and st.st_dev != self.root_dev:
-                names: list[bytes] = []  # a mount point: kept, its contents not crossed
-            else:
-                try:
-                    names = sorted(os.listdir(path))
-                except OSError as exc:
-                    self._problem(path, f"cannot list directory: {exc.strerror}", "unreadable")
-                    names = []
-                if self.plan.exclude_caches and b"CACHEDIR.TAG" in names and is_cache_dir(path):
-                    names = [b"CACHEDIR.TAG"]
-            for child in names:
-                self._entry(frame, path.rstrip(b"/") + b"/" + child, child,
-                            parent_nodes.get(child))
-        finally:
-            self.stack.pop()
-        pending = _PendingDir(frame, parent, parent_nodes)
+        frame = _Frame(name, path, st, up=self.stack[-1])
+        kids = self._list(path, st)
+        self._open(frame, kids, parent.subtree if parent is not None else None)
+        self._walk(frame, kids, None)
+        return self._walked(frame, parent)
+
+    def _virtual(self, path: bytes, name: bytes, st: os.stat_result | None,
+                 trie: dict[bytes, Any], parent: Node | None,
+                 prev_tree: ObjectId | None = None) -> _PendingDir:
+        """A directory above the backed-up paths: real metadata, only the chosen entries."""
+        frame = _Frame(name, path, st, virtual=True, up=self.stack[-1] if self.stack else None)
+        kids = []
+        for child in sorted(trie):
+            child_path = path + b"/" + child
+            kids.append((child, child_path, os.lstat(child_path)))
+        self._open(frame, kids, parent.subtree if parent is not None else prev_tree)
+        self._walk(frame, kids, trie)
+        return self._walked(frame, parent)
+
+    def _walked(self, frame: _Frame, parent: Node | None) -> _PendingDir:
+        pending = _PendingDir(frame, parent)
         self.pending.append(pending)
         self._finish_dirs(block=len(self.pending) > DIRS_IN_FLIGHT)
         return pending
@@ -376,41 +559,90 @@ class _BackupRun:
 
         With `block`, wait for the oldest one at least; `_finish_all_dirs` waits for all.
         """
+        while self.loading:
+            frame = self.loading[0]
+            if frame.deferred is not None:
+                if not self.index_loaded or (frame.tree_load is not None
+                                             and not frame.tree_load.done()):
+                    break
+                self._materialize(frame)
+            self.loading.popleft()
         while self.pending:
             head = self.pending[0]
             if not (block or head.ready()):
                 return
             block = False  # _finish_dir waits for the files of the oldest one
             self.pending.popleft()
-            head.node = self._finish_dir(head)
+            self._finish_dir(head)
 
     def _finish_all_dirs(self) -> None:
         while self.pending:
             self._finish_dirs(block=True)
 
-    def _finish_dir(self, pending: _PendingDir) -> Node:
-        frame, parent, parent_nodes = pending.frame, pending.parent, pending.parent_nodes
-        assert frame.st is not None
+    def _finish_dir(self, pending: _PendingDir) -> None:
+        frame = pending.frame
+        record = frame.record
+        if record is not None and frame.deferred is not None and self.folders is not None and \
+                all(isinstance(i, _PendingDir) and i.unchanged for i in frame.items):
+            # The folder cache: the same entries and subfolders as last time, the same tree.
+            with self.state.stats_lock:
+                self.stats.files += record.files
+                self.stats.bytes += record.bytes
+                self.stats.unchanged_files += record.files
+                self.stats.dirs += 0 if frame.virtual else 1
+            self.cached_packs.update(record.packs)
+            if self.folder_file is not None:
+                self.new_records[self.folder_file.key(frame.path)] = _NewRecord(
+                    record.sig, record.tree, record.files, record.bytes, record.packs)
+            pending.unchanged = True
+            self._finished(pending, record.tree)
+            self._report()
+            return
         nodes = self._resolve(frame)
-        with self.state.stats_lock:
-            self.stats.dirs += 1
+        if not frame.virtual:
+            with self.state.stats_lock:
+                self.stats.dirs += 1
+        prev, parent_nodes = frame.prev_tree, frame.parent_nodes
         # A tree in a pack marked for deletion is stored again.
-        parent_tree_known = parent is not None and parent.subtree is not None and \
-            self.ledger.is_known(parent.subtree)
-        if parent is not None and parent.subtree is not None and parent_tree_known and len(
-                nodes) == len(parent_nodes) and all(n is parent_nodes.get(n.name) for n in nodes):
-            tree_id = parent.subtree
+        if prev is not None and self.ledger.is_known(prev) and len(nodes) == len(
+                parent_nodes) and all(_same(n, parent_nodes.get(n.name)) for n in nodes):
+            tree_id = prev
             self.ledger.use(tree_id)
         else:
             tree_id = self._save_tree(nodes)
+        self._record(frame, nodes, tree_id)
+        self._finished(pending, tree_id)
+
+    def _finished(self, pending: _PendingDir, tree_id: ObjectId) -> None:
+        frame, parent = pending.frame, pending.parent
+        pending.tree = tree_id
+        if frame.st is None:
+            return  # the root
         node = self._node(frame.name, NodeType.DIR, frame.st, subtree=tree_id,
-                          xattrs=read_xattrs(frame.path))
+                          xattrs=() if frame.virtual else read_xattrs(frame.path))
         # The same directory as last time: hand on the parent's node, so that the directory
         # above can see with `is` that nothing changed and keep its tree too.
-        return parent if parent is not None and node == parent else node
+        pending.node = parent if parent is not None and node == parent else node
+
+    def _materialize(self, frame: _Frame) -> None:
+        """Build the nodes of a folder walked from the folder cache (a subfolder changed, or a
+        checkpoint needs its tree): the entries not looked at come from the parent tree."""
+        deferred, frame.deferred = frame.deferred, None
+        if deferred is None:
+            return
+        self._ensure_index()
+        frame.parent_nodes = self._load_parent_tree(frame.prev_tree)
+        for item in frame.items:  # subfolders were finished without their parent's node
+            if isinstance(item, _PendingDir) and item.node is not None:
+                before = frame.parent_nodes.get(item.frame.name)
+                if before is not None and before == item.node:
+                    item.node = before
+        for name, path, st in deferred:
+            self._entry(frame, path, name, st, frame.parent_nodes.get(name))
 
     def _resolve(self, frame: _Frame) -> list[Node]:
         """The finished nodes of `frame`, waiting for its files (and subdirectories)."""
+        self._materialize(frame)
         nodes = []
         for item in frame.items:
             if isinstance(item, _PendingDir):
@@ -432,26 +664,44 @@ class _BackupRun:
                 nodes.append(item)
         return nodes
 
-    def _virtual(self, frame: _Frame, trie: dict[bytes, Any], prefix: bytes,
-                 parent: dict[bytes, Node]) -> None:
-        """The directories above the backed-up paths: real metadata, only the chosen children."""
-        for name in sorted(trie):
-            path = prefix + b"/" + name
-            sub = trie[name]
-            if sub is None:
-                self.root_dev = os.lstat(path).st_dev
-                self._entry(frame, path, name, parent.get(name))
-                continue
-            st = os.lstat(path)
-            pnode = parent.get(name)
-            child = _Frame(name, path, st)
-            self.stack.append(child)
-            try:
-                self._virtual(child, sub, path, self._load_parent_tree(pnode))
-            finally:
-                self.stack.pop()
-            tree_id = self._save_tree(self._resolve(child))
-            frame.items.append(self._node(name, NodeType.DIR, st, subtree=tree_id))
+    def _record(self, frame: _Frame, nodes: list[Node], tree_id: ObjectId) -> None:
+        """Note folder `frame` as saved, for the next run's folder cache."""
+        if self.folder_file is None:
+            return
+        nodes = sorted(nodes, key=_name)
+        files = [n for n in nodes if n.type == NodeType.FILE]
+        packs: set[ObjectId] = set()
+        unresolved: list[ObjectId] = []
+        index = self.vault.index
+        for blob_id in [tree_id, *(c for n in files for c in n.content)]:
+            loc = index.get(blob_id)
+            if loc is None:
+                unresolved.append(blob_id)  # in a pack not stored yet
+            else:
+                packs.add(loc.pack)
+        self.new_records[self.folder_file.key(frame.path)] = _NewRecord(
+            signature([node_entry(n) for n in nodes]), tree_id, len(files),
+            sum(n.size for n in files), frozenset(packs), unresolved)
+
+    def _save_folder_cache(self, snapshot_id: ObjectId) -> None:
+        """Write this run's folder records as the folder cache of `snapshot_id`."""
+        if self.folder_file is None:
+            return
+        index = self.vault.index
+        records = {}
+        for key, rec in self.new_records.items():
+            packs = set(rec.packs)
+            for blob_id in rec.unresolved:
+                loc = index.get(blob_id)
+                if loc is None:
+                    break  # cannot happen after a flush; the folder is just not cached
+                packs.add(loc.pack)
+            else:
+                records[key] = FolderRecord(rec.sig, rec.tree, rec.files, rec.bytes,
+                                            frozenset(packs))
+        # Without the index loaded, the segments known alive are the old cache's and ours.
+        segments = set(index.segments) | (set() if self.index_loaded else self.trusted_segments)
+        self.folder_file.save(FolderCache(snapshot_id, frozenset(segments), records))
 
     # ---- checkpoints ----------------------------------------------------------------------
 
@@ -481,7 +731,7 @@ class _BackupRun:
         self.last_checkpoint = time.monotonic()
 
     def _snapshot(self, root: ObjectId, *, checkpoint: bool) -> Snapshot:
-        packs = self.ledger.used_packs(self.vault.index)
+        packs = self.ledger.used_packs(self.vault.index) | self.cached_packs
         s = self.stats
         now = time.time()
         offset = int(time.localtime(now).tm_gmtoff)
@@ -503,18 +753,14 @@ class _BackupRun:
 
     def run(self) -> BackupResult:
         try:
-            root_frame = _Frame(b"", b"", None)
-            self.stack.append(root_frame)
-            root_parent: dict[bytes, Node] = {}
-            if self.parent is not None:
-                root_parent = {n.name: n for n in self._await(
-                    self.vault.load_tree(self.parent.snapshot.tree))}
-            self._virtual(root_frame, path_trie(self.paths), b"", root_parent)
-            self.stack.pop()
-            root = self._save_tree(self._resolve(root_frame))
+            prev = self.parent.snapshot.tree if self.parent is not None else None
+            top = self._virtual(b"", b"", None, path_trie(self.paths), None, prev)
+            self._finish_all_dirs()
+            assert top.tree is not None
             self.packer.flush()
-            snap = self._snapshot(root, checkpoint=False)
+            snap = self._snapshot(top.tree, checkpoint=False)
             sid = self._await(self.vault.save_snapshot(snap))
+            self._save_folder_cache(sid)
             self._report(force=True)
             for cid in self.checkpoints:
                 try:
