@@ -225,6 +225,7 @@ class _BackupRun:
         self.markers: dict[ObjectId, DeletionMarker] = {}
         self.index_loaded = False
         self.index_task: asyncio.Future[None] | None = None
+        self.index_asked = False  # the walker has asked the loop to load it
         # Changed folders (with the folder cache) whose parent trees are loading: their entries
         # are looked at once the tree is there, so the walk never waits for one.
         self.loading: deque[_Frame] = deque()
@@ -465,7 +466,8 @@ class _BackupRun:
         frame.deferred = []
         if frame.prev_tree is not None:
             frame.tree_load = self._prefetch_tree(frame.prev_tree)
-        else:
+        elif not self.index_asked:
+            self.index_asked = True
             asyncio.run_coroutine_threadsafe(self._index_ready(), self.loop)
         self._prefetch_up(frame.up)
         self.loading.append(frame)

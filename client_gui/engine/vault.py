@@ -12,6 +12,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from client_gui.engine.cache import CachingStore
 from shared.chunking import DEFAULT_AVG, DEFAULT_MAX, DEFAULT_MIN
@@ -61,8 +62,7 @@ logger = logging.getLogger(__name__)
 READ_CONCURRENCY = 8
 
 
-@dataclass(frozen=True, slots=True)
-class BlobLocation:
+class BlobLocation(NamedTuple):  # a tuple: one per blob in the index, made at every load
     pack: ObjectId
     type: BlobType
     offset: int
@@ -100,30 +100,34 @@ class BlobIndex:
     """blob ID -> location, the union of every index segment (plus re-read pack headers)."""
 
     def __init__(self) -> None:
-        self._blobs: dict[bytes, BlobLocation] = {}
+        # raw blob ID -> (pack, entry): a plain tuple, made for every blob at every load; the
+        # BlobLocation is made when asked for.
+        self._blobs: dict[bytes, tuple[ObjectId, PackEntry]] = {}
         self.packs: dict[ObjectId, tuple[PackEntry, ...]] = {}
         self.segments: set[ObjectId] = set()
 
     def add_pack(self, pack_id: ObjectId, entries: Iterable[PackEntry]) -> None:
         entries = tuple(entries)
         self.packs[pack_id] = entries
+        blobs = self._blobs
         for e in entries:
-            self._blobs.setdefault(e.id.raw, BlobLocation(pack_id, e.type, e.offset, e.length,
-                                                          e.raw_length))
+            blobs.setdefault(e.id.raw, (pack_id, e))
 
     def remove_packs(self, pack_ids: Iterable[ObjectId]) -> None:
         gone = set(pack_ids)
         for pid in gone:
             self.packs.pop(pid, None)
-        self._blobs = {k: v for k, v in self._blobs.items() if v.pack not in gone}
+        self._blobs = {k: v for k, v in self._blobs.items() if v[0] not in gone}
         for pid, entries in self.packs.items():
             for e in entries:
-                if e.id.raw not in self._blobs:
-                    self._blobs[e.id.raw] = BlobLocation(pid, e.type, e.offset, e.length,
-                                                         e.raw_length)
+                self._blobs.setdefault(e.id.raw, (pid, e))
 
     def get(self, blob_id: ObjectId) -> BlobLocation | None:
-        return self._blobs.get(blob_id.raw)
+        found = self._blobs.get(blob_id.raw)
+        if found is None:
+            return None
+        pack_id, e = found
+        return BlobLocation(pack_id, e.type, e.offset, e.length, e.raw_length)
 
     def __contains__(self, blob_id: ObjectId) -> bool:
         return blob_id.raw in self._blobs

@@ -11,9 +11,10 @@ from shared.errors import IntegrityError, UnsupportedFormat
 from shared.format.blob import decode_sealed, encode_sealed
 from shared.format.codec import field, id_bytes, pack, unpack
 from shared.format.pack import PackEntry
-from shared.ids import BlobType, ObjectId
+from shared.ids import ID_SIZE, BlobType, ObjectId
 
 INDEX_AAD = b"cairn index v1"
+_BLOB_TYPES = {t.value: t for t in BlobType}
 INDEX_VERSION = 1
 
 
@@ -21,10 +22,6 @@ INDEX_VERSION = 1
 class IndexSegment:
     packs: dict[ObjectId, tuple[PackEntry, ...]]
     supersedes: tuple[ObjectId, ...] = dc_field(default=())
-
-
-def _uint(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def encode_index(key: bytes, segment: IndexSegment) -> bytes:
@@ -50,12 +47,16 @@ def decode_index(key: bytes, data: bytes, what: str = "index") -> IndexSegment:
             raise IntegrityError(f"{what} is damaged: bad pack entry")
         pid = ObjectId(id_bytes(item[0], what))
         entries = []
+        # The hot loop of every command's start: one pass per blob, exact type checks (msgpack
+        # yields exact ints and bytes; a bool is no int here).
         for e in item[1]:
-            if (not isinstance(e, list) or len(e) != 5 or not _uint(e[0]) or e[0] > 1
-                    or not all(_uint(v) for v in (e[2], e[3], e[4])) or e[3] == 0):
+            if (type(e) is not list or len(e) != 5 or type(e[0]) is not int
+                    or (btype := _BLOB_TYPES.get(e[0])) is None
+                    or type(e[1]) is not bytes or len(e[1]) != ID_SIZE
+                    or type(e[2]) is not int or type(e[3]) is not int
+                    or type(e[4]) is not int or e[2] < 0 or e[3] <= 0 or e[4] < 0):
                 raise IntegrityError(f"{what} is damaged: bad blob entry")
-            entries.append(PackEntry(BlobType(e[0]), ObjectId(id_bytes(e[1], what)), e[2], e[3],
-                                     e[4]))
+            entries.append(PackEntry(btype, ObjectId(e[1]), e[2], e[3], e[4]))
         packs[pid] = tuple(entries)
     supersedes = tuple(ObjectId(id_bytes(s, what)) for s in field(body, "supersedes", list, what))
     return IndexSegment(packs, supersedes)

@@ -5,7 +5,7 @@ The vault's files: packs/<xx>/<name>, index/<name>, snapshots/<name>, keys/<name
 
 import os
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -273,7 +273,7 @@ async def test_check_index_contradicting_pack_header_is_pack_damaged(made: Made)
     assert loc is not None
     packs = dict(vault.index.packs)
     packs[loc.pack] = tuple(
-        replace(e, length=e.length - 1) if e.id == blob else e for e in packs[loc.pack]
+        e._replace(length=e.length - 1) if e.id == blob else e for e in packs[loc.pack]
     )
     for path in made.objects(ObjectKind.INDEX):
         path.unlink()

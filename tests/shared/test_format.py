@@ -38,10 +38,10 @@ from shared.errors import (
     UnsupportedFormat,
     WrongPassphrase,
 )
-from shared.format.blob import MAX_PLAINTEXT, decode_blob, encode_blob
+from shared.format.blob import MAX_PLAINTEXT, decode_blob, encode_blob, encode_sealed
 from shared.format.config import VaultConfig, decode_config, encode_config, verify_config
 from shared.format.deletion import DeletionMarker, decode_deletion, encode_deletion
-from shared.format.index import IndexSegment, decode_index, encode_index
+from shared.format.index import INDEX_AAD, IndexSegment, decode_index, encode_index
 from shared.format.pack import TRAILER_SIZE, PackEntry, PackWriter, decode_header, header_length
 from shared.format.snapshot import (
     Snapshot,
@@ -261,6 +261,26 @@ def test_index_tampered_byte_refused() -> None:
         assert pos < len(data)
     with pytest.raises(IntegrityError):
         decode_index(ENC, data[:-1])
+
+
+@pytest.mark.parametrize("entry", [
+    [True, bytes(32), 0, 10, 10],  # a bool is no blob type
+    [2, bytes(32), 0, 10, 10],  # no such blob type
+    [[0], bytes(32), 0, 10, 10],  # not even hashable
+    [0, bytes(31), 0, 10, 10],  # a short ID
+    [0, "0" * 32, 0, 10, 10],  # text, not bytes
+    [0, bytes(32), -1, 10, 10],  # a negative offset
+    [0, bytes(32), 0, 0, 10],  # an empty blob
+    [0, bytes(32), 0, True, 10],  # a bool length
+    [0, bytes(32), 0, 10, 1.5],  # a float
+    [0, bytes(32), 0, 10],  # a field short
+    "entry",  # not a list
+])
+def test_index_bad_blob_entries_refused(entry: object) -> None:
+    body = msgpack.packb({"v": 1, "packs": [[b"\x01" * 32, [entry]]], "supersedes": []},
+                         use_bin_type=True)
+    with pytest.raises(IntegrityError, match="bad blob entry"):
+        decode_index(ENC, encode_sealed(ENC, body, INDEX_AAD, 3))
 
 
 def test_index_not_readable_as_pack_header() -> None:
