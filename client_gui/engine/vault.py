@@ -60,6 +60,8 @@ logger = logging.getLogger(__name__)
 # Concurrent small reads (index segments, snapshots, pack headers): enough to hide the
 # latency of a remote store, few enough not to flood a laptop's uplink or a server.
 READ_CONCURRENCY = 8
+# Whole tree packs of a local vault kept in memory (see Vault._tree_pack).
+TREE_PACKS_KEPT = 32 << 20
 
 
 class BlobLocation(NamedTuple):  # a tuple: one per blob in the index, made at every load
@@ -151,6 +153,8 @@ class Vault:
         self.index = BlobIndex()
         self.unindexed_packs: set[ObjectId] = set()
         self._tree_cache: dict[bytes, tuple[Node, ...]] = {}
+        self._tree_packs: dict[str, bytes] = {}  # least recently used first
+        self._tree_pack_loads: dict[str, asyncio.Future[bytes]] = {}
 
     # ---- creating and opening -------------------------------------------------------------
 
@@ -371,6 +375,11 @@ class Vault:
         key = ObjectKey.of(ObjectKind.PACK, loc.pack)
         blob_type = loc.type if blob_type is None else blob_type
         if loc.type == BlobType.TREE and isinstance(self.store, CachingStore):
+            if not self.store.cache_tree_packs:  # a vault on this machine
+                whole = await self._tree_pack(key)
+                if loc.offset + loc.length <= len(whole):
+                    return self.open_blob(blob_id, blob_type,
+                                          whole[loc.offset:loc.offset + loc.length])
             sealed = await self.store.tree_pack_range(key, loc.offset, loc.length)
             if sealed is not None:
                 try:
@@ -380,6 +389,25 @@ class Vault:
                     await self.store.forget_tree_pack(key)
         sealed = await self.store.get(key, offset=loc.offset, length=loc.length)
         return self.open_blob(blob_id, blob_type, sealed)
+
+    async def _tree_pack(self, key: ObjectKey) -> bytes:
+        """A whole tree pack of a vault on this machine, read once and kept in memory (up to
+        TREE_PACKS_KEPT bytes): a backup that compares a thousand folders read a thousand
+        ranges, each a trip through a worker thread. Read errors propagate; a short copy
+        sends the caller to the ranged read (which reports it)."""
+        kept = self._tree_packs.pop(key.name, None)
+        if kept is None:
+            loading = self._tree_pack_loads.get(key.name)
+            if loading is None:
+                loading = self._tree_pack_loads[key.name] = asyncio.ensure_future(
+                    self.store.get(key))
+                loading.add_done_callback(lambda _: self._tree_pack_loads.pop(key.name, None))
+            kept = await asyncio.shield(loading)
+            while self._tree_packs and sum(map(len, self._tree_packs.values())) + len(
+                    kept) > TREE_PACKS_KEPT:
+                self._tree_packs.pop(next(iter(self._tree_packs)))  # the least recently used
+        self._tree_packs[key.name] = kept
+        return kept
 
     def open_blob(self, blob_id: ObjectId, blob_type: BlobType, sealed: bytes) -> bytes:
         plain = decode_blob(self.keys.encryption, blob_type, blob_id, sealed)

@@ -82,3 +82,40 @@ async def test_local_vaults_keep_no_pack_copies(vault_factory, tmp_path) -> None
 
     await _walk_all(await vault_factory.open(root, wrap), tree)
     assert not (tmp_path / "cache" / "packs").exists()
+
+
+async def test_local_tree_packs_are_read_whole_once_and_kept_in_memory(vault_factory,
+                                                                      tmp_path) -> None:
+    """A vault on this machine: each tree pack is read once per process, not once a tree."""
+    root, tree = await _tree_with_many_folders(vault_factory, tmp_path)
+    counting: list[CountingStore] = []
+
+    def wrap(store: ObjectStore) -> ObjectStore:
+        counting.append(CountingStore(store))
+        return CachingStore(counting[-1], tmp_path / "cache", cache_tree_packs=False)
+
+    vault = await vault_factory.open(root, wrap)
+    nodes = await _walk_all(vault, tree)
+    assert nodes > 30
+    assert counting[0].ranged == 0 and counting[0].whole == 1  # one tree pack, read once
+    vault._tree_cache.clear()  # decoded trees forgotten: the pack is still in memory
+    assert await _walk_all(vault, tree) == nodes
+    assert counting[0].whole == 1 and not (tmp_path / "cache" / "packs").exists()
+
+
+async def test_local_tree_packs_kept_are_bounded(vault_factory, tmp_path, monkeypatch) -> None:
+    import client_gui.engine.vault as vault_module
+
+    root, tree = await _tree_with_many_folders(vault_factory, tmp_path)
+    counting: list[CountingStore] = []
+
+    def wrap(store: ObjectStore) -> ObjectStore:
+        counting.append(CountingStore(store))
+        return CachingStore(counting[-1], tmp_path / "cache", cache_tree_packs=False)
+
+    monkeypatch.setattr(vault_module, "TREE_PACKS_KEPT", 1)  # less than any pack
+    vault = await vault_factory.open(root, wrap)
+    nodes = await _walk_all(vault, tree)
+    vault._tree_cache.clear()
+    assert await _walk_all(vault, tree) == nodes
+    assert len(vault._tree_packs) == 1  # only the last one is kept
