@@ -142,10 +142,12 @@ class Packer:
             self._upload(full)
 
     def _upload(self, writer: PackWriter) -> None:
-        pack_id, data, entries = writer.finish(self.enc_key)
+        # The slot first: a finished pack is a second copy of its bytes, so at most
+        # `uploads_in_flight` of them exist (finishing first kept one more waiting per sealer).
         while not self.upload_slots.acquire(timeout=0.5):
             self.state.check()
         try:
+            pack_id, data, entries = writer.finish(self.enc_key)
             fut = asyncio.run_coroutine_threadsafe(self._put_pack(pack_id, data, entries),
                                                    self.loop)
         except BaseException:
