@@ -59,41 +59,44 @@ class FastCdcChunker:
         self._local = threading.local()  # each thread's read buffer, and whether it is in use
 
     def split_stream(self, stream: BinaryIO) -> Iterator[memoryview]:
-        # Read through one buffer that each thread keeps: pyfastcdc's stream cutter allocates
+        # Read through buffers that each thread keeps: pyfastcdc's stream cutter allocates
         # and zero-fills a new 2 x max_size buffer per stream, which cost more than the cutting
         # for files of a few hundred KiB to a few MiB, and left the heap fragmented.
-        # A stream shorter than the minimum chunk size is one chunk whatever the gear table.
+        # A stream shorter than the minimum chunk size is one chunk whatever the gear table:
+        # it is read into a buffer of that size, so a thread that only reads small files (the
+        # backup's walker) never holds the large one.
         if getattr(self._local, "busy", False):  # a second stream open in this thread
             for chunk in self._cdc.cut_stream(stream):
                 yield chunk.data
             return
-        buf: bytearray | None = getattr(self._local, "buf", None)
-        if buf is None:
-            # Twice the largest chunk: a full window always holds at least one final chunk.
-            buf = self._local.buf = bytearray(2 * self.params.max_size)
         self._local.busy = True
         try:
-            yield from self._split_buffered(stream, memoryview(buf))
+            small = self._buffer("small", self.params.min_size)
+            filled, eof = _fill(stream, small, 0)
+            if eof and filled < self.params.min_size:
+                if filled:
+                    yield small[:filled]
+                return
+            # Twice the largest chunk: a full window always holds at least one final chunk.
+            view = self._buffer("large", 2 * self.params.max_size)
+            view[:filled] = small[:filled]
+            yield from self._split_buffered(stream, view, filled, eof)
         finally:
             self._local.busy = False
 
-    def _split_buffered(self, stream: BinaryIO, view: memoryview) -> Iterator[memoryview]:
+    def _buffer(self, name: str, size: int) -> memoryview:
+        buf: memoryview | None = getattr(self._local, name, None)
+        if buf is None:
+            buf = memoryview(bytearray(size))
+            setattr(self._local, name, buf)
+        return buf
+
+    def _split_buffered(self, stream: BinaryIO, view: memoryview, filled: int,
+                        eof: bool) -> Iterator[memoryview]:
         max_size = self.params.max_size
-        filled = 0
-        eof = False
-        first = True
         while True:
-            while not eof and filled < len(view):
-                n = stream.readinto(view[filled:])  # type: ignore[attr-defined]
-                if not n:
-                    eof = True
-                else:
-                    filled += n
-            if first and eof and filled < self.params.min_size:
-                if filled:
-                    yield view[:filled]
-                return
-            first = False
+            if not eof:
+                filled, eof = _fill(stream, view, filled)
             # A cut depends on at most max_size bytes from the chunk's start: every chunk that
             # starts at least max_size before the end of what was read is final; the rest is
             # moved to the front and cut again once more is read.
@@ -112,3 +115,13 @@ class FastCdcChunker:
     def split_buffer(self, data: bytes | memoryview) -> Iterator[memoryview]:
         for chunk in self._cdc.cut_buf(data):
             yield chunk.data
+
+
+def _fill(stream: BinaryIO, view: memoryview, filled: int) -> tuple[int, bool]:
+    """Read into `view` from `filled` until it is full or the stream ends: (filled, at end)."""
+    while filled < len(view):
+        n = stream.readinto(view[filled:])  # type: ignore[attr-defined]
+        if not n:
+            return filled, True
+        filled += n
+    return filled, False

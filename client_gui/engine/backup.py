@@ -487,12 +487,12 @@ class _BackupRun:
         try:
             for name, path, st in kids:
                 self.state.check()
-                self._maybe_checkpoint()
                 sub = trie.get(name) if trie is not None else None
-                if sub is not None:
+                if sub is not None:  # a folder leading to backed-up paths: nothing to save yet
                     frame.items.append(self._virtual(path, name, st, sub,
                                                      frame.parent_nodes.get(name)))
                     continue
+                self._maybe_checkpoint()
                 if frame.deferred is not None and not stat.S_ISDIR(st.st_mode):
                     frame.deferred.append((name, path, st))
                     continue

@@ -10,6 +10,7 @@ import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
+from client_gui.engine import malloc
 from client_gui.engine.backup_state import BackupState
 from client_gui.engine.vault import Vault
 from shared.format.blob import encode_blob
@@ -168,11 +169,15 @@ class Packer:
                      len(entries))
 
     def _upload_done(self, fut: Future[None]) -> None:
+        # The failure is recorded before the upload leaves `uploads`: `flush` stops waiting
+        # once the set is empty and then checks for an error, so a failed pack must never be
+        # seen as done (a checkpoint snapshot would name blobs that no stored pack holds).
+        if not fut.cancelled() and fut.exception() is not None:
+            self.state.fail(fut.exception())  # type: ignore[arg-type]
         self.upload_slots.release()
         with self.futures_lock:
             self.uploads.discard(fut)
-        if not fut.cancelled() and fut.exception() is not None:
-            self.state.fail(fut.exception())  # type: ignore[arg-type]
+        malloc.trim()  # the pack's buffers are free now: give them back (peak RSS)
 
     def _wait_all(self, which: set[Future[None]]) -> None:
         while True:
