@@ -156,6 +156,12 @@ class Vault:
         self._tree_packs: dict[str, bytes] = {}  # least recently used first
         self._tree_pack_loads: dict[str, asyncio.Future[bytes]] = {}
 
+    @property
+    def on_this_machine(self) -> bool:
+        """A vault in a folder here (opened through the local cache, which keeps the tree
+        packs of server vaults only): every read is cheap, nothing crosses a network."""
+        return isinstance(self.store, CachingStore) and not self.store.cache_tree_packs
+
     # ---- creating and opening -------------------------------------------------------------
 
     @classmethod
@@ -375,7 +381,7 @@ class Vault:
         key = ObjectKey.of(ObjectKind.PACK, loc.pack)
         blob_type = loc.type if blob_type is None else blob_type
         if loc.type == BlobType.TREE and isinstance(self.store, CachingStore):
-            if not self.store.cache_tree_packs:  # a vault on this machine
+            if self.on_this_machine:
                 whole = await self._tree_pack(key)
                 if loc.offset + loc.length <= len(whole):
                     return self.open_blob(blob_id, blob_type,
