@@ -10,7 +10,6 @@ import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
-from client_gui.engine import malloc
 from client_gui.engine.backup_state import BackupState
 from client_gui.engine.vault import Vault
 from shared.format.blob import encode_blob
@@ -177,7 +176,6 @@ class Packer:
         self.upload_slots.release()
         with self.futures_lock:
             self.uploads.discard(fut)
-        malloc.trim()  # the pack's buffers are free now: give them back (peak RSS)
 
     def _wait_all(self, which: set[Future[None]]) -> None:
         while True:
