@@ -101,6 +101,9 @@ class BackupResult:
     problems: tuple[ItemProblem, ...]
 
 
+_Kid = tuple[bytes, bytes, os.stat_result]  # a directory entry: name, path, lstat
+
+
 @dataclass
 class _Frame:
     """A directory being built: its finished nodes (or futures of file nodes) so far."""
@@ -116,7 +119,7 @@ class _Frame:
     # than subfolders are then only listed in `deferred`: no node is built for them unless a
     # subfolder turns out changed (or a checkpoint needs this folder's tree).
     record: FolderRecord | None = None
-    deferred: list[tuple[bytes, bytes, os.stat_result]] | None = None
+    deferred: list[_Kid] | None = None
     up: "_Frame | None" = None  # the folder this one is in
     tree_load: Future[tuple[Node, ...]] | None = None  # of prev_tree, when loaded ahead
     prefetched: bool = False  # its parent tree is being loaded ahead
@@ -418,7 +421,7 @@ class _BackupRun:
                     self._prefetch_tree(n.subtree)
         return {n.name: n for n in nodes}
 
-    def _list(self, path: bytes, st: os.stat_result) -> list[tuple[bytes, bytes, os.stat_result]]:
+    def _list(self, path: bytes, st: os.stat_result) -> list[_Kid]:
         """The entries of directory `path` to back up, as (name, path, lstat), in name order."""
         if self.plan.one_file_system and self.root_dev is not None \
                 and st.st_dev != self.root_dev:
@@ -442,7 +445,7 @@ class _BackupRun:
                 self._problem(child, f"cannot stat: {exc.strerror}", "unreadable")
         return kids
 
-    def _open(self, frame: _Frame, kids: list[tuple[bytes, bytes, os.stat_result]],
+    def _open(self, frame: _Frame, kids: list[_Kid],
               prev_tree: ObjectId | None) -> None:
         """Decide how `frame` is walked: from the folder cache if its entries' signature
         matches, else against the parent snapshot's tree (loaded here)."""
@@ -479,7 +482,7 @@ class _BackupRun:
                 self._prefetch_tree(frame.prev_tree)
             frame = frame.up
 
-    def _walk(self, frame: _Frame, kids: list[tuple[bytes, bytes, os.stat_result]],
+    def _walk(self, frame: _Frame, kids: list[_Kid],
               trie: dict[bytes, Any] | None) -> None:
         """Back up the entries of `frame` (for a virtual folder, `trie` names the chosen ones:
         a name mapping to None is a backed-up path, a dict the folders leading to others)."""

@@ -42,14 +42,22 @@ async def _walk_all(vault, tree) -> int:
     return sum([1 async for _ in walk(vault, tree)])
 
 
-async def test_tree_packs_are_fetched_whole_once_then_read_locally(vault_factory,
-                                                                   tmp_path) -> None:
-    root, tree = await _tree_with_many_folders(vault_factory, tmp_path)
+def _counted_cache(tmp_path: Path, *, remote: bool):
+    """A store wrapper for vault_factory.open: the local cache over a CountingStore (one per
+    vault opened, in `counting`); `remote` caches tree packs on disk as for a server vault."""
     counting: list[CountingStore] = []
 
     def wrap(store: ObjectStore) -> ObjectStore:
         counting.append(CountingStore(store))
-        return CachingStore(counting[-1], tmp_path / "cache", cache_tree_packs=True)
+        return CachingStore(counting[-1], tmp_path / "cache", cache_tree_packs=remote)
+
+    return counting, wrap
+
+
+async def test_tree_packs_are_fetched_whole_once_then_read_locally(vault_factory,
+                                                                   tmp_path) -> None:
+    root, tree = await _tree_with_many_folders(vault_factory, tmp_path)
+    counting, wrap = _counted_cache(tmp_path, remote=True)
 
     first = await vault_factory.open(root, wrap)
     nodes = await _walk_all(first, tree)
@@ -88,11 +96,7 @@ async def test_local_tree_packs_are_read_whole_once_and_kept_in_memory(vault_fac
                                                                       tmp_path) -> None:
     """A vault on this machine: each tree pack is read once per process, not once a tree."""
     root, tree = await _tree_with_many_folders(vault_factory, tmp_path)
-    counting: list[CountingStore] = []
-
-    def wrap(store: ObjectStore) -> ObjectStore:
-        counting.append(CountingStore(store))
-        return CachingStore(counting[-1], tmp_path / "cache", cache_tree_packs=False)
+    counting, wrap = _counted_cache(tmp_path, remote=False)
 
     vault = await vault_factory.open(root, wrap)
     nodes = await _walk_all(vault, tree)
@@ -107,11 +111,7 @@ async def test_local_tree_packs_kept_are_bounded(vault_factory, tmp_path, monkey
     import client_gui.engine.vault as vault_module
 
     root, tree = await _tree_with_many_folders(vault_factory, tmp_path)
-    counting: list[CountingStore] = []
-
-    def wrap(store: ObjectStore) -> ObjectStore:
-        counting.append(CountingStore(store))
-        return CachingStore(counting[-1], tmp_path / "cache", cache_tree_packs=False)
+    counting, wrap = _counted_cache(tmp_path, remote=False)
 
     monkeypatch.setattr(vault_module, "TREE_PACKS_KEPT", 1)  # less than any pack
     vault = await vault_factory.open(root, wrap)
