@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Coroutine
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from client_gui.engine.backup_reader import FileReader
@@ -122,7 +122,6 @@ class _Frame:
     deferred: list[_Kid] | None = None
     up: "_Frame | None" = None  # the folder this one is in
     tree_load: Future[tuple[Node, ...]] | None = None  # of prev_tree, when loaded ahead
-    prefetched: bool = False  # its parent tree is being loaded ahead
 
 
 @dataclass
@@ -146,18 +145,6 @@ class _PendingDir:
                 return False
             self.checked += 1
         return True
-
-
-@dataclass
-class _NewRecord:
-    """A folder record of this run; blobs not yet in a stored pack are resolved at the end."""
-
-    sig: bytes
-    tree: ObjectId
-    files: int
-    bytes: int
-    packs: frozenset[ObjectId]
-    unresolved: list[ObjectId] = field(default_factory=list)
 
 
 def _name(node: Node) -> bytes:
@@ -239,7 +226,8 @@ class _BackupRun:
                             if isinstance(vault.store, CachingStore) else None)
         self.folders: FolderCache | None = None
         self.trusted_segments: set[ObjectId] = set()
-        self.new_records: dict[bytes, _NewRecord] = {}
+        # This run's records, each with the blobs not in a stored pack yet (resolved at the end).
+        self.new_records: dict[bytes, tuple[FolderRecord, list[ObjectId]]] = {}
         self.cached_packs: set[ObjectId] = set()
         self.checkpoints: list[ObjectId] = []
         self.start = time.monotonic()
@@ -259,7 +247,7 @@ class _BackupRun:
     def _options(self) -> bytes:
         """What makes two runs' walks comparable: the folder cache of one is not the other's."""
         p = self.plan
-        return pack([[bytes(x) for x in self.paths], list(p.excludes), list(p.exclude_paths),
+        return pack([list(self.paths), list(p.excludes), list(p.exclude_paths),
                      p.exclude_caches, p.one_file_system])
 
     # ---- set-up on the event loop ---------------------------------------------------------
@@ -476,10 +464,9 @@ class _BackupRun:
         self.loading.append(frame)
 
     def _prefetch_up(self, frame: _Frame | None) -> None:
-        while frame is not None and frame.deferred is not None and not frame.prefetched:
-            frame.prefetched = True
+        while frame is not None and frame.deferred is not None and frame.tree_load is None:
             if frame.prev_tree is not None:
-                self._prefetch_tree(frame.prev_tree)
+                frame.tree_load = self._prefetch_tree(frame.prev_tree)
             frame = frame.up
 
     def _walk(self, frame: _Frame, kids: list[_Kid],
@@ -597,8 +584,7 @@ class _BackupRun:
                 self.stats.dirs += 0 if frame.virtual else 1
             self.cached_packs.update(record.packs)
             if self.folder_file is not None:
-                self.new_records[self.folder_file.key(frame.path)] = _NewRecord(
-                    record.sig, record.tree, record.files, record.bytes, record.packs)
+                self.new_records[self.folder_file.key(frame.path)] = (record, [])
             pending.unchanged = True
             self._finished(pending, record.tree)
             self._report()
@@ -684,9 +670,9 @@ class _BackupRun:
                 unresolved.append(blob_id)  # in a pack not stored yet
             else:
                 packs.add(loc.pack)
-        self.new_records[self.folder_file.key(frame.path)] = _NewRecord(
+        self.new_records[self.folder_file.key(frame.path)] = (FolderRecord(
             signature([node_entry(n) for n in nodes]), tree_id, len(files),
-            sum(n.size for n in files), frozenset(packs), unresolved)
+            sum(n.size for n in files), frozenset(packs)), unresolved)
 
     def _save_folder_cache(self, snapshot_id: ObjectId) -> None:
         """Write this run's folder records as the folder cache of `snapshot_id`."""
@@ -694,16 +680,15 @@ class _BackupRun:
             return
         index = self.vault.index
         records = {}
-        for key, rec in self.new_records.items():
+        for key, (rec, unresolved) in self.new_records.items():
             packs = set(rec.packs)
-            for blob_id in rec.unresolved:
+            for blob_id in unresolved:
                 loc = index.get(blob_id)
                 if loc is None:
                     break  # cannot happen after a flush; the folder is just not cached
                 packs.add(loc.pack)
             else:
-                records[key] = FolderRecord(rec.sig, rec.tree, rec.files, rec.bytes,
-                                            frozenset(packs))
+                records[key] = replace(rec, packs=frozenset(packs)) if unresolved else rec
         # Without the index loaded, the segments known alive are the old cache's and ours.
         segments = set(index.segments) | (set() if self.index_loaded else self.trusted_segments)
         self.folder_file.save(FolderCache(snapshot_id, frozenset(segments), records))
