@@ -219,8 +219,9 @@ def _method(results: Results) -> str:
                      "into its own repository (local only): initial and no-change backups.")
     lines += [
         f"- **Rounds**: {config.get('rounds')}. In each, every phase runs the tools one after "
-        "the other (Cairn, restic, Borg, local first, then over HTTP), so each tool sees the "
-        "same machine state; numbers are medians over the rounds. Every round starts with new, "
+        "the other (local first, then over HTTP; the tools' order turns by one each round, so "
+        "none always goes first), so each tool sees the same machine state; numbers are medians "
+        "over the rounds. Every round starts with new, "
         "empty repositories, new servers and empty caches; each tool's cache is then kept "
         "between its backups in the round, as on a user's machine.",
         "- **Settings**: Cairn's defaults; restic's defaults (compression `auto`, i.e. zstd); "
@@ -230,9 +231,13 @@ def _method(results: Results) -> str:
         "password authentication (rest-server: bcrypt .htpasswd) and both verifying uploads; "
         "plain HTTP on loopback. Borg has no HTTP mode (`borg serve` works over SSH), so it "
         "only has local numbers.",
-        "- **Caches**: dropping the kernel's page cache is not possible here, so the data was "
-        f"read once before the first round (warm-up: {format_size(warm.get('bytes', 0))} in "
-        f"{warm.get('seconds', 0):.1f} s) and all tools read from a warm cache. An untimed "
+        "- **Caches**: dropping the kernel's page cache is not possible here, and this "
+        "machine's kernel takes back page-cache pages unused for some seconds (DAMON), so "
+        "whichever tool ran first after a pause read cold files. So before every measured "
+        "command, what it reads is read once, untimed, for every tool alike: the tree for a "
+        "backup, the repository (the server's folder over HTTP) for a restore, and the tool's "
+        "cache. The data was also read once before the first round (warm-up: "
+        f"{format_size(warm.get('bytes', 0))} in {warm.get('seconds', 0):.1f} s). An untimed "
         "`sync` follows every measured command.",
         "- **Measures**: wall time of the command; peak RSS of the client: "
         f"{results.get('rss_method', 'rusage of the child')}; the server's peak RSS during "

@@ -198,8 +198,12 @@ class Runner(ABC):
     @abstractmethod
     def restore(self, target: Path) -> RunResult: ...
 
-    @abstractmethod
-    def repo_size(self) -> int: ...
+    def repo_dir(self) -> Path:
+        """The folder holding this runner's repository (on the server's side over HTTP)."""
+        return self.repo
+
+    def repo_size(self) -> int:
+        return measure.dir_size(self.repo_dir())
 
 
 class CairnRunner(Runner):
@@ -229,10 +233,10 @@ class CairnRunner(Runner):
     def restore(self, target: Path) -> RunResult:
         return self._cairn("restore", "latest", "--target", str(target))
 
-    def repo_size(self) -> int:
+    def repo_dir(self) -> Path:
         if isinstance(self.server, CairnServer):
-            return measure.dir_size(self.server.vault_dir(self.case))
-        return measure.dir_size(self.repo)
+            return self.server.vault_dir(self.case)
+        return self.repo
 
 
 class ResticRunner(Runner):
@@ -255,10 +259,10 @@ class ResticRunner(Runner):
     def restore(self, target: Path) -> RunResult:
         return self._restic("restore", "latest", "--target", str(target), "-q")
 
-    def repo_size(self) -> int:
+    def repo_dir(self) -> Path:
         if isinstance(self.server, RestServer):
-            return measure.dir_size(self.server.data_dir / self.case)
-        return measure.dir_size(self.repo)
+            return self.server.data_dir / self.case
+        return self.repo
 
 
 class BorgRunner(Runner):
@@ -281,9 +285,6 @@ class BorgRunner(Runner):
     def restore(self, target: Path) -> RunResult:
         target.mkdir(parents=True, exist_ok=True)
         return self._borg("extract", f"{self.repo}::backup-{self.backups}", cwd=target)
-
-    def repo_size(self) -> int:
-        return measure.dir_size(self.repo)
 
 
 RUNNERS: dict[str, type[Runner]] = {"cairn": CairnRunner, "restic": ResticRunner,

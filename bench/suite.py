@@ -1,6 +1,7 @@
 """The measured run: rounds of alternating tools, phase by phase, on fresh repositories.
 
-One round, with the runners in a fixed order (Cairn, restic, Borg; local first, then HTTP):
+One round, phase by phase, every runner in turn (local first, then HTTP; the order of the
+tools turns by one each round, so none always goes first):
 
 1. `initial`: every runner backs up the home tree into its new, empty repository;
 2. `unchanged`: every runner backs it up again (its cache kept, as a user's would be);
@@ -9,8 +10,12 @@ One round, with the runners in a fixed order (Cairn, restic, Borg; local first, 
    checked (file count, bytes and symlinks against the tree) and deleted; the day is undone;
 5. the many-small-files tree: `initial` and `unchanged` backups by every local runner.
 
-Each measured command is followed by an untimed `sync`, so dirty pages of one tool do not slow
-the next. Servers and repositories are new each round and deleted at its end.
+Before each measured command, what it will read is read once, untimed: the tree for a backup,
+the repository for a restore, and the runner's cache either way. The kernel here gives back
+page-cache pages that were not used for some seconds, so without this the first tool of a phase
+read cold files and the next ones warm files. Each measured command is followed by an untimed
+`sync`, so dirty pages of one tool do not slow the next. Servers and repositories are new each
+round and deleted at its end.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from functools import partial
 from pathlib import Path
 
 from bench import mutation
-from bench.dataset import Dataset
+from bench.dataset import Dataset, read_all
 from bench.measure import RunResult, summarize
 from bench.mutation import Mutation
 from bench.runners import (
@@ -102,7 +107,8 @@ class _Round:
                 servers: dict[str, Server]) -> list[Runner]:
         runners = []
         for mode in modes:
-            for tool in self.config.tools:
+            turn = (self.number - 1) % len(self.config.tools)
+            for tool in [*self.config.tools[turn:], *self.config.tools[:turn]]:
                 if unavailable(self.tools, tool, mode) is not None:
                     continue
                 server = servers.get(tool) if mode == "http" else None
@@ -116,12 +122,15 @@ class _Round:
     def _key(self, runner: Runner) -> str:
         return f"{runner.name}-{runner.case}"
 
-    def step(self, runner: Runner, phase: str, data_bytes: int,
+    def step(self, runner: Runner, phase: str, data_bytes: int, reads: Path,
              action: Callable[[], RunResult], check: Callable[[], str | None] | None = None,
              ) -> None:
         key = self._key(runner)
         if key in self.failed:
             return
+        for folder in (reads, runner.dir / "cache", runner.home):  # untimed: see the top
+            if folder.is_dir():
+                read_all(folder)
         rss = runner.server.rss if runner.server is not None else None
         if rss is not None:
             rss.reset()
@@ -168,7 +177,8 @@ class _Round:
                         f"{expected.bytes}, {expected.symlinks}")
             return None
 
-        self.step(runner, "restore", data_bytes, lambda: runner.restore(target), check)
+        self.step(runner, "restore", data_bytes, runner.repo_dir(),
+                  lambda: runner.restore(target), check)
         cleanup(target)
 
 
@@ -201,12 +211,14 @@ def run_suite(config: SuiteConfig, tools: Toolset, home: Dataset, small: Dataset
             rnd.init(runners)
             for phase in ("initial", "unchanged"):
                 for runner in runners:
-                    rnd.step(runner, phase, home.bytes, partial(runner.backup, home.root))
+                    rnd.step(runner, phase, home.bytes, home.root,
+                             partial(runner.backup, home.root))
             day = mutation.apply(home, config.seed)
             try:
                 edited = summarize(home.root).bytes
                 for runner in runners:
-                    rnd.step(runner, "edited", edited, partial(runner.backup, home.root))
+                    rnd.step(runner, "edited", edited, home.root,
+                             partial(runner.backup, home.root))
                 for runner in runners:
                     rnd.restore(runner, home.root, edited)
             finally:
@@ -216,7 +228,8 @@ def run_suite(config: SuiteConfig, tools: Toolset, home: Dataset, small: Dataset
                 rnd.init(local)
                 for phase in SMALL_PHASES:
                     for runner in local:
-                        rnd.step(runner, phase, small.bytes, partial(runner.backup, small.root))
+                        rnd.step(runner, phase, small.bytes, small.root,
+                                 partial(runner.backup, small.root))
         finally:
             for server in servers.values():
                 server.stop()

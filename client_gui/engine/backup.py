@@ -67,7 +67,10 @@ SEAL_WORKERS = os.cpu_count() or 2
 # Blobs being sealed at once, per sealer: bounds memory to ~4 x 4 MiB chunks per core.
 SEALS_IN_FLIGHT_PER_WORKER = 2
 # Packs uploading at once: one on the wire while the next is filled; ~2 x pack size of RAM.
+# A vault on this machine takes one (a write and an fsync keep up with the sealers, and each
+# pack held costs its size in memory).
 UPLOADS_IN_FLIGHT = 2
+LOCAL_UPLOADS_IN_FLIGHT = 1
 # Files queued ahead of the walker: enough to keep the readers busy on small files.
 FILES_IN_FLIGHT = 64
 # Walked directories whose files are still being read: the walker goes on to the next
@@ -201,7 +204,8 @@ class _BackupRun:
         self.ledger = BlobLedger()
         self.packer = Packer(vault, loop, self.state, seal_workers=SEAL_WORKERS,
                              seals_in_flight=SEAL_WORKERS * SEALS_IN_FLIGHT_PER_WORKER,
-                             uploads_in_flight=UPLOADS_IN_FLIGHT,
+                             uploads_in_flight=(LOCAL_UPLOADS_IN_FLIGHT if vault.on_this_machine
+                                                else UPLOADS_IN_FLIGHT),
                              batch_below=self.chunker_params.min_size)
         # The walk and the final shutdown get threads of their own, not the loop's default
         # executor: they wait for coroutines (uploads, tree loads) that may need that executor.
@@ -607,6 +611,10 @@ class _BackupRun:
     def _finished(self, pending: _PendingDir, tree_id: ObjectId) -> None:
         frame, parent = pending.frame, pending.parent
         pending.tree = tree_id
+        # Its entries are in the saved tree now: keep only what the folder above reads (the
+        # name, node and tree), or every node of the walk stays in memory until the end.
+        frame.items, frame.parent_nodes, frame.tree_load = [], {}, None
+        pending.parent = None
         if frame.st is None:
             return  # the root
         node = self._node(frame.name, NodeType.DIR, frame.st, subtree=tree_id,

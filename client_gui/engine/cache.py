@@ -13,13 +13,13 @@ folder (thousands per backup). A tree pack is fetched whole once and then read l
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from client_gui.engine.exclude import CACHEDIR_SIGNATURE
 from shared.hashing import object_id
 from shared.ids import ObjectInfo, ObjectKey, ObjectKind
-from shared.storage.base import ObjectStore
+from shared.storage.base import ObjectData, ObjectStore
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class CachingStore:
         except OSError as exc:  # a cache that cannot be written is no reason to fail
             logger.debug("cannot write cache entry %s: %s", key, exc)
 
-    async def put(self, key: ObjectKey, data: bytes | AsyncIterable[bytes]) -> None:
+    async def put(self, key: ObjectKey, data: ObjectData) -> None:
         await self.inner.put(key, data)
         if key.kind in CACHED_KINDS and isinstance(data, bytes):
             await asyncio.to_thread(self._write, key, data)

@@ -16,7 +16,7 @@ from shared.errors import CairnError, RangeError, StorageError
 from shared.ids import ObjectInfo, ObjectKey, ObjectKind
 from shared.protocol import paths
 from shared.protocol.models import MissingRequest, MissingResponse, ObjectList, validate_vault_name
-from shared.storage.base import check_range
+from shared.storage.base import ObjectData, ObjectPiece, check_range
 
 if TYPE_CHECKING:  # remote.py imports this module; at run time only the instance is needed
     from client_gui.engine.remote import RemoteServer, Reply
@@ -31,11 +31,11 @@ class _Source:
     """Wraps a put's async iterable to remember an error it raises: aiohttp reports such an
     error as a broken connection, but the put must raise the source's own error."""
 
-    def __init__(self, data: AsyncIterable[bytes]) -> None:
+    def __init__(self, data: AsyncIterable[ObjectPiece]) -> None:
         self._data = data
         self.error: BaseException | None = None
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncIterator[ObjectPiece]:
         try:
             async for chunk in self._data:
                 yield chunk
@@ -69,11 +69,11 @@ class HttpStore:
     def __repr__(self) -> str:
         return f"HttpStore({self._server.base_url!r}, {self._vault!r})"
 
-    async def put(self, key: ObjectKey, data: bytes | AsyncIterable[bytes]) -> None:
+    async def put(self, key: ObjectKey, data: ObjectData) -> None:
         """Upload `key`: bytes with a Content-Length, an async iterable streamed chunked
         (never replayed). The server stores it only if its BLAKE3 matches the name."""
         path, what = self._path(key), f"put {key}"
-        if isinstance(data, bytes):
+        if isinstance(data, bytes | memoryview):
             await self._server.request("PUT", path, what=what, data=data, headers=_OCTETS,
                                         ok=(200, 201))
             return

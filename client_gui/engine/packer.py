@@ -7,12 +7,15 @@ which blobs are new (backup.py and dedup.py do) nor write snapshots.
 
 import asyncio
 import logging
+import mmap
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from client_gui.engine.backup_state import BackupState
 from client_gui.engine.vault import Vault
-from shared.format.blob import encode_blob
+from shared.compression import compress
+from shared.format.blob import blob_aad, seal_into, sealed_size
 from shared.format.pack import PackEntry, PackWriter
 from shared.ids import BlobType, ObjectId, ObjectKey, ObjectKind
 
@@ -38,8 +41,15 @@ class Packer:
         self.enc_key = vault.keys.encryption
         self.level = vault.config.zstd_level
         self.pack_size = vault.config.pack_size
-        self.writers = {BlobType.DATA: PackWriter(BlobType.DATA),
-                        BlobType.TREE: PackWriter(BlobType.TREE)}
+        # Packs are assembled in reusable anonymous buffers with room for the pack, its
+        # largest blob and its header: no new pages and no copy per pack.
+        self.header_room = max(self.pack_size // 4, 1 << 16)
+        self.buffer_size = (self.pack_size + sealed_size(vault.config.chunk_max)
+                            + self.header_room)
+        self.buffers_kept = uploads_in_flight + 1
+        self.free_buffers: list[mmap.mmap] = []
+        self.open: dict[BlobType, _OpenPack] = {}
+        self.closing: set[_OpenPack] = set()  # closed, not yet handed to an upload
         self.pack_lock = threading.Lock()
         self.pending_index: dict[ObjectId, tuple[PackEntry, ...]] = {}
         self.index_lock = threading.Lock()
@@ -75,8 +85,7 @@ class Packer:
     def _seal(self, blobs: list[tuple[BlobType, ObjectId, bytes]]) -> None:
         try:
             for blob_type, blob_id, data in blobs:
-                sealed = encode_blob(self.enc_key, blob_type, blob_id, data, self.level)
-                self._add_to_pack(blob_type, blob_id, sealed, len(data))
+                self.seal_now(blob_type, blob_id, data)
         except BaseException as exc:
             self.state.fail(exc)
             raise
@@ -123,32 +132,87 @@ class Packer:
             self.seals.discard(fut)
 
     def seal_now(self, blob_type: BlobType, blob_id: ObjectId, data: bytes | memoryview) -> None:
-        """Seal and pack a new blob in the calling thread (the caller counts it)."""
-        sealed = encode_blob(self.enc_key, blob_type, blob_id, data, self.level)
-        self._add_to_pack(blob_type, blob_id, sealed, len(data))
+        """Seal and pack a new blob in the calling thread (the caller counts it).
+
+        The blob is compressed here, then sealed straight into its place in the open pack
+        (`_reserve`), outside the pack lock: sealers fill their regions side by side.
+        """
+        method, payload = compress(data, self.level)
+        pack, region, closed = self._reserve(blob_type, blob_id, sealed_size(len(payload)),
+                                             len(data))
+        if closed is not None:
+            self._upload(closed)
+        sealed = False
+        try:
+            seal_into(self.enc_key, region, method, payload, blob_aad(blob_type, blob_id))
+            sealed = True
+        finally:
+            region.release()
+            with self.pack_lock:
+                ready = pack.filled(sealed)
+        if ready:
+            self._upload(pack)
 
     # ---- packs and uploads ----------------------------------------------------------------
 
-    def _add_to_pack(self, blob_type: BlobType, blob_id: ObjectId, sealed: bytes,
-                     raw_length: int) -> None:
-        full = None
+    def _reserve(self, blob_type: BlobType, blob_id: ObjectId, size: int,
+                 raw_length: int) -> tuple["_OpenPack", memoryview, "_OpenPack | None"]:
+        """A region of `size` bytes for a blob in the open pack of its type; also a pack this
+        closed that is ready to upload (the caller uploads it)."""
+        closed = None
         with self.pack_lock:
-            writer = self.writers[blob_type]
-            writer.add(blob_id, sealed, raw_length)
-            if writer.size >= self.pack_size:
-                full = writer
-                self.writers[blob_type] = PackWriter(blob_type)
-        if full is not None:
-            self._upload(full)
+            pack = self.open.get(blob_type)
+            if pack is not None and pack.writer.room() < size:
+                closed = self._close(pack)
+                pack = None
+            if pack is None:
+                pack = self.open[blob_type] = self._new_pack(blob_type, size)
+            region = pack.writer.reserve(blob_id, size, raw_length)
+            pack.filling += 1
+            if pack.writer.size >= self.pack_size:
+                self._close(pack)  # not ready: this blob is still to be sealed
+        return pack, region, closed
 
-    def _upload(self, writer: PackWriter) -> None:
-        # The slot first: a finished pack is a second copy of its bytes, so at most
+    def _new_pack(self, blob_type: BlobType, at_least: int) -> "_OpenPack":
+        """Call with `pack_lock` held.
+
+        Data packs take turns with the kept buffers. A tree pack, open for most of a run and
+        rarely full, gets new memory: only the pages it writes take room.
+        """
+        pooled = blob_type is BlobType.DATA and at_least <= self.buffer_size
+        if pooled and self.free_buffers:
+            buffer = self.free_buffers.pop()
+        else:
+            buffer = _anonymous_buffer(max(self.buffer_size, at_least + self.header_room))
+        return _OpenPack(PackWriter(blob_type, buffer), buffer)
+
+    def _close(self, pack: "_OpenPack") -> "_OpenPack | None":
+        """Take `pack` out of the open ones: it is uploaded once its last blob is sealed.
+        Returns it if that is now (the caller uploads it). Call with `pack_lock` held."""
+        if self.open.get(pack.writer.blob_type) is pack:
+            del self.open[pack.writer.blob_type]
+        if not pack.writer.count:  # nothing in it: its buffer can serve the next pack
+            self._give_back(pack)
+            return None
+        pack.closed = True
+        self.closing.add(pack)
+        return pack if pack.filling == 0 else None
+
+    def _give_back(self, pack: "_OpenPack") -> None:
+        """Keep a data pack's buffer for the next one (its pages stay mapped); other buffers are
+        let go. Call with `pack_lock` held."""
+        if (pack.writer.blob_type is BlobType.DATA and len(pack.buffer) == self.buffer_size
+                and len(self.free_buffers) < self.buffers_kept):
+            self.free_buffers.append(pack.buffer)
+
+    def _upload(self, pack: "_OpenPack") -> None:
+        # The slot first: a finished pack waiting for its upload keeps its buffer, so at most
         # `uploads_in_flight` of them exist (finishing first kept one more waiting per sealer).
         while not self.upload_slots.acquire(timeout=0.5):
             self.state.check()
         try:
-            pack_id, data, entries = writer.finish(self.enc_key)
-            fut = asyncio.run_coroutine_threadsafe(self._put_pack(pack_id, data, entries),
+            pack_id, data, entries = pack.writer.finish(self.enc_key)
+            fut = asyncio.run_coroutine_threadsafe(self._put_pack(pack_id, data, entries, pack),
                                                    self.loop)
         except BaseException:
             self.upload_slots.release()
@@ -156,8 +220,11 @@ class Packer:
         with self.futures_lock:
             self.uploads.add(fut)
         fut.add_done_callback(self._upload_done)
+        with self.pack_lock:
+            self.closing.discard(pack)  # only now: `flush` sees it in one set or the other
 
-    async def _put_pack(self, pack_id: ObjectId, data: bytes, entries: list[PackEntry]) -> None:
+    async def _put_pack(self, pack_id: ObjectId, data: bytes | memoryview,
+                        entries: list[PackEntry], pack: "_OpenPack") -> None:
         await self.vault.store.put(ObjectKey.of(ObjectKind.PACK, pack_id), data)
         with self.index_lock:
             self.pending_index[pack_id] = tuple(entries)
@@ -166,6 +233,10 @@ class Packer:
             self.state.stats.stored_bytes += len(data)
         logger.debug("uploaded pack %s (%d bytes, %d blobs)", pack_id.short(), len(data),
                      len(entries))
+        # Stored: nothing reads the buffer any more. (After a failed put it is dropped, not
+        # reused: a thread of the store might still be reading it.)
+        with self.pack_lock:
+            self._give_back(pack)
 
     def _upload_done(self, fut: Future[None]) -> None:
         # The failure is recorded before the upload leaves `uploads`: `flush` stops waiting
@@ -195,14 +266,49 @@ class Packer:
         self._submit_batch()
         self._wait_all(self.seals)
         with self.pack_lock:
-            full = [w for w in self.writers.values() if w.count]
-            for w in full:
-                self.writers[w.blob_type] = PackWriter(w.blob_type)
-        for w in full:
-            self._upload(w)
+            ready = [self._close(pack) for pack in list(self.open.values())]
+        for pack in ready:
+            if pack is not None:
+                self._upload(pack)
+        while True:  # packs whose last blob another thread is still sealing
+            with self.pack_lock:
+                if not self.closing:
+                    break
+            self.state.check()
+            time.sleep(0.005)
         self._wait_all(self.uploads)
         with self.index_lock:
             pending, self.pending_index = self.pending_index, {}
         if pending:
             asyncio.run_coroutine_threadsafe(self.vault.save_index(pending), self.loop).result()
             self.vault.unindexed_packs.difference_update(pending)  # indexed now
+
+
+class _OpenPack:
+    """A pack being filled: its writer, its buffer and how many blobs are being sealed into it.
+
+    Changed only with the packer's `pack_lock` held.
+    """
+
+    __slots__ = ("broken", "buffer", "closed", "filling", "writer")
+
+    def __init__(self, writer: PackWriter, buffer: mmap.mmap) -> None:
+        self.writer = writer
+        self.buffer = buffer
+        self.filling = 0
+        self.closed = False  # no more blobs go in; uploaded once `filling` is 0
+        self.broken = False  # a blob's sealing failed: never uploaded (the run fails)
+
+    def filled(self, sealed: bool) -> bool:
+        """One blob's region is done; True if the pack is now complete and ready to upload."""
+        self.filling -= 1
+        if not sealed:
+            self.broken = True
+        return self.closed and self.filling == 0 and not self.broken
+
+
+def _anonymous_buffer(size: int) -> mmap.mmap:
+    """Zeroed private memory whose pages exist only once written (a pack rarely fills it)."""
+    if hasattr(mmap, "MAP_PRIVATE"):
+        return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return mmap.mmap(-1, size)  # Windows: the paging file backs it

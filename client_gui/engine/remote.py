@@ -16,7 +16,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import AsyncIterable, Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self, TypeVar
@@ -50,6 +50,7 @@ from shared.protocol.models import (
     Whoami,
     validate_vault_name,
 )
+from shared.storage.base import ObjectData
 
 __all__ = ["DEFAULT_CONNECTIONS", "DEFAULT_TIMEOUT", "Credentials", "HttpStore",
            "PasswordCredentials", "RemoteServer", "Reply", "TokenCredentials", "parse_vault_url"]
@@ -362,14 +363,14 @@ class RemoteServer:
 
     async def request(self, method: str, path: str, *, what: str,
                       ok: Collection[int] = (200,), json_body: object = None,
-                      data: bytes | AsyncIterable[bytes] | None = None,
+                      data: ObjectData | None = None,
                       headers: Mapping[str, str] | None = None,
                       params: Mapping[str, str] | None = None, auth: bool = True) -> Reply:
         """Send one API request (with a token when `auth`) and return the reply if its status
         is in `ok`; any other answer raises its CairnError (`what` names the request in
         messages). A request refused with 401 is sent once more after signing in again, when
         it can be (PasswordCredentials, not a streamed body)."""
-        replayable = data is None or isinstance(data, bytes)
+        replayable = data is None or isinstance(data, bytes | memoryview)
         retried = False
         while True:
             all_headers = dict(headers or {})
@@ -393,15 +394,17 @@ class RemoteServer:
             retried = True
 
     async def _send(self, method: str, path: str, what: str, headers: dict[str, str],
-                    json_body: object, data: bytes | AsyncIterable[bytes] | None,
+                    json_body: object, data: ObjectData | None,
                     params: Mapping[str, str] | None) -> Reply:
         http = self._session()
         # aiohttp writes a BytesIO in pieces, yielding to the loop between them (and warns
         # about big raw bytes); it still sends a Content-Length. A new one each attempt.
-        body = io.BytesIO(data) if isinstance(data, bytes) and len(data) > _PIECE else data
+        # (A memoryview is copied once by BytesIO: a pack assembled in a reused buffer.)
+        whole = data if isinstance(data, bytes | memoryview) else None
+        body = io.BytesIO(whole) if whole is not None and len(whole) > _PIECE else data
         # aiohttp's read timeout starts only once the body is sent: an upload whose connection
         # silently died (laptop asleep, Wi-Fi hand-over) gets a deadline of its own instead.
-        deadline = _UPLOAD_GRACE + len(data) / _SLOWEST_LINK if isinstance(data, bytes) else None
+        deadline = _UPLOAD_GRACE + len(whole) / _SLOWEST_LINK if whole is not None else None
         try:
             async with asyncio.timeout(deadline), http.request(
                     method, self._base + path, headers=headers, params=params, json=json_body,

@@ -4,8 +4,8 @@ Plaintext inside the AEAD: one byte compression method || payload. The associate
 a blob to its type and ID, so blobs cannot be swapped or retyped.
 """
 
-from shared.compression import compress, decompress
-from shared.crypto.aead import open_sealed, seal
+from shared.compression import Compression, compress, decompress
+from shared.crypto.aead import NONCE_SIZE, OVERHEAD, TAG_SIZE, open_sealed, seal, seal_in_place
 from shared.errors import IntegrityError
 from shared.ids import BlobType, ObjectId
 
@@ -22,6 +22,20 @@ def blob_aad(blob_type: BlobType, blob_id: ObjectId) -> bytes:
 def encode_sealed(key: bytes, plaintext: bytes | memoryview, aad: bytes, level: int) -> bytes:
     method, payload = compress(plaintext, level)
     return seal(key, bytes([method]) + payload, aad)
+
+
+def sealed_size(payload_size: int) -> int:
+    """Bytes of a sealed blob whose (compressed or raw) payload has `payload_size` bytes."""
+    return OVERHEAD + 1 + payload_size
+
+
+def seal_into(key: bytes, box: memoryview, method: Compression, payload: bytes | memoryview,
+              aad: bytes) -> None:
+    """`encode_sealed` of an already compressed payload, written into `box` (a writable view of
+    exactly `sealed_size(len(payload))` bytes): one copy of the payload, no new buffers."""
+    box[NONCE_SIZE] = method
+    box[NONCE_SIZE + 1 : len(box) - TAG_SIZE] = payload
+    seal_in_place(key, box, aad)
 
 
 def decode_sealed(key: bytes, sealed: bytes | memoryview, aad: bytes, what: str) -> bytes:

@@ -6,13 +6,15 @@
 The pack's name is the unkeyed BLAKE3 of all its bytes. No I/O here.
 """
 
+import mmap
 import struct
+import sys
 from typing import NamedTuple
 
 from shared.errors import IntegrityError, UnsupportedFormat
 from shared.format.blob import decode_sealed, encode_sealed
 from shared.format.codec import field, id_bytes, pack, unpack
-from shared.hashing import StreamHasher
+from shared.hashing import object_id
 from shared.ids import BlobType, ObjectId
 
 HEADER_AAD = b"cairn pack header v1"
@@ -36,38 +38,77 @@ class PackEntry(NamedTuple):
 
 
 class PackWriter:
-    """Assembles one pack in memory; `finish` returns its name, bytes and entries."""
+    """Assembles one pack in memory; `finish` returns its name, bytes and entries.
 
-    __slots__ = ("_buf", "_entries", "_hasher", "blob_type")
+    By default the pack grows in a bytearray and `finish` returns bytes. Given a `buffer` of
+    fixed size (e.g. an anonymous mmap reused from pack to pack), blobs are written into it and
+    `finish` returns a view of it, valid until the buffer is reused: no copy of the pack, no
+    new pages per pack. `reserve` hands out the region of the next blob for the caller to seal
+    into; regions do not overlap, so several threads may fill theirs at once (outside whatever
+    lock guards `reserve`), and `finish` must wait until every region is filled.
+    """
 
-    def __init__(self, blob_type: BlobType) -> None:
+    __slots__ = ("_entries", "_fixed", "_grown", "_used", "blob_type")
+
+    def __init__(self, blob_type: BlobType, buffer: bytearray | mmap.mmap | None = None) -> None:
         self.blob_type = blob_type
-        self._buf = bytearray()
+        self._fixed = buffer
+        self._grown = bytearray()  # the pack, when there is no fixed buffer
+        self._used = 0
         self._entries: list[PackEntry] = []
-        self._hasher = StreamHasher()
 
-    def add(self, blob_id: ObjectId, sealed: bytes, raw_length: int) -> PackEntry:
-        entry = PackEntry(self.blob_type, blob_id, len(self._buf), len(sealed), raw_length)
-        self._buf += sealed
-        self._entries.append(entry)
-        return entry
+    def room(self) -> int:
+        """Bytes a blob may still take (a growing writer has no limit)."""
+        return sys.maxsize if self._fixed is None else len(self._fixed) - self._used
+
+    def reserve(self, blob_id: ObjectId, length: int, raw_length: int) -> memoryview:
+        """Append an entry and return the writable region (`length` bytes) of its sealed blob."""
+        start = self._used
+        if self._fixed is None:
+            self._grown += bytes(length)
+            buf: bytearray | mmap.mmap = self._grown
+        elif start + length > len(self._fixed):
+            raise ValueError("no room for the blob in the pack buffer")
+        else:
+            buf = self._fixed
+        self._used = start + length
+        self._entries.append(PackEntry(self.blob_type, blob_id, start, length, raw_length))
+        return memoryview(buf)[start : start + length]
+
+    def add(self, blob_id: ObjectId, sealed: bytes | memoryview, raw_length: int) -> PackEntry:
+        if self._fixed is None:
+            entry = PackEntry(self.blob_type, blob_id, self._used, len(sealed), raw_length)
+            self._grown += sealed
+            self._used = len(self._grown)
+            self._entries.append(entry)
+            return entry
+        with self.reserve(blob_id, len(sealed), raw_length) as region:
+            region[:] = sealed
+        return self._entries[-1]
 
     @property
     def size(self) -> int:
-        return len(self._buf)
+        return self._used
 
     @property
     def count(self) -> int:
         return len(self._entries)
 
-    def finish(self, key: bytes) -> tuple[ObjectId, bytes, list[PackEntry]]:
+    def finish(self, key: bytes) -> tuple[ObjectId, bytes | memoryview, list[PackEntry]]:
         header = encode_header(key, self._entries)
-        self._buf += header
-        self._buf += struct.pack("<I", len(header))
-        data = bytes(self._buf)
-        self._hasher.update(data)
-        self._buf = bytearray()
-        return self._hasher.object_id(), data, self._entries
+        tail = header + struct.pack("<I", len(header))
+        data: bytes | memoryview
+        if self._fixed is None:
+            self._grown += tail
+            data = bytes(self._grown)
+            self._grown = bytearray()
+        elif self._used + len(tail) <= len(self._fixed):
+            end = self._used + len(tail)
+            data = memoryview(self._fixed)[:end]
+            data[self._used : end] = tail
+        else:  # a header too big for the buffer's spare room: one copy
+            data = b"".join((memoryview(self._fixed)[: self._used], tail))
+        return object_id(data), data, self._entries
 
 
 def encode_header(key: bytes, entries: list[PackEntry]) -> bytes:

@@ -20,12 +20,17 @@ logger = logging.getLogger(__name__)
 # a local store is bounded by the default thread pool anyway.
 _STAT_CONCURRENCY = 16
 
+# What `put` stores: the whole object in one buffer, or an async stream of its pieces. A
+# memoryview is read only until `put` returns; the caller may then reuse its memory.
+ObjectPiece = bytes | memoryview
+ObjectData = ObjectPiece | AsyncIterable[ObjectPiece]
+
 
 @runtime_checkable
 class ObjectStore(Protocol):
     """Immutable, content-addressed objects of one vault. Safe for concurrent use."""
 
-    async def put(self, key: ObjectKey, data: bytes | AsyncIterable[bytes]) -> None:
+    async def put(self, key: ObjectKey, data: ObjectData) -> None:
         """Atomic: readers see the whole object or nothing (temp name, fsync, rename).
         An existing key is left untouched (objects are immutable): a repeated put is a no-op.
         If iterating `data` raises, nothing is stored and the error propagates."""
@@ -86,9 +91,9 @@ async def missing_by_stat(store: ObjectStore, keys: Iterable[ObjectKey]) -> set[
     return absent
 
 
-async def iter_bytes(data: bytes | AsyncIterable[bytes]) -> AsyncIterator[bytes]:
-    """Yield the pieces of `data`, whether it is one bytes object or an async iterable."""
-    if isinstance(data, bytes):
+async def iter_bytes(data: ObjectData) -> AsyncIterator[ObjectPiece]:
+    """Yield the pieces of `data`, whether it is one buffer or an async iterable."""
+    if isinstance(data, bytes | memoryview):
         yield data
         return
     async for chunk in data:

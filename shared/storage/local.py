@@ -15,14 +15,14 @@ import secrets
 import stat
 import sys
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Self
 
 from shared.errors import ObjectNotFound, PermissionDenied, StorageError
 from shared.ids import InvalidName, ObjectInfo, ObjectKey, ObjectKind
-from shared.storage.base import check_range, iter_bytes
+from shared.storage.base import ObjectData, ObjectPiece, check_range, iter_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class LocalStore:
             await asyncio.to_thread(store._make_folders)
         return store
 
-    async def put(self, key: ObjectKey, data: bytes | AsyncIterable[bytes]) -> None:
+    async def put(self, key: ObjectKey, data: ObjectData) -> None:
         path = self._path(key)
         doing = f"write {key} under {self._root}"
         with _os_errors(doing):
@@ -160,6 +160,7 @@ class LocalStore:
         file.flush()
         if self._fsync:
             os.fsync(file.fileno())
+            _drop_cached(file.fileno())
         file.close()
         if path.exists():
             # Same name, same content: keep the first copy untouched (a small window remains
@@ -214,8 +215,8 @@ def _os_errors(doing: str, key: ObjectKey | None = None) -> Iterator[None]:
         raise StorageError(f"cannot {doing}: {exc.strerror or exc}{where}") from exc
 
 
-async def _batches(data: bytes | AsyncIterable[bytes]) -> AsyncIterator[list[bytes]]:
-    batch: list[bytes] = []
+async def _batches(data: ObjectData) -> AsyncIterator[list[ObjectPiece]]:
+    batch: list[ObjectPiece] = []
     size = 0
     async for chunk in iter_bytes(data):
         batch.append(chunk)
@@ -225,6 +226,15 @@ async def _batches(data: bytes | AsyncIterable[bytes]) -> AsyncIterator[list[byt
             batch, size = [], 0
     if batch:
         yield batch
+
+
+def _drop_cached(fd: int) -> None:
+    """Tell the kernel the written (and synced) pages of `fd` will not be read soon, as Borg
+    does for its segments: a backup does not push the user's working set out of the page cache,
+    and the next pack reuses the freed pages instead of new ones (cheaper, above all in a VM)."""
+    if hasattr(os, "posix_fadvise"):
+        with suppress(OSError):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 def _create_new(path: Path) -> io.BufferedWriter:

@@ -5,11 +5,11 @@ It keeps everything in RAM and is safe for concurrent use by coroutines of one e
 
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterator
 
 from shared.errors import ObjectNotFound
 from shared.ids import ObjectInfo, ObjectKey, ObjectKind
-from shared.storage.base import check_range, iter_bytes
+from shared.storage.base import ObjectData, check_range, iter_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +20,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._objects: dict[ObjectKey, tuple[bytes, float]] = {}
 
-    async def put(self, key: ObjectKey, data: bytes | AsyncIterable[bytes]) -> None:
+    async def put(self, key: ObjectKey, data: ObjectData) -> None:
         if key in self._objects:
             return
         blob = b"".join([chunk async for chunk in iter_bytes(data)])

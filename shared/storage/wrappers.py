@@ -8,13 +8,20 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TypeVar
 
 from shared.errors import IntegrityError, ObjectNotFound, PermissionDenied, StorageUnavailable
 from shared.hashing import StreamHasher
 from shared.ids import ObjectInfo, ObjectKey, ObjectKind
-from shared.storage.base import ObjectStore, SupportsMissing, iter_bytes, missing_by_stat
+from shared.storage.base import (
+    ObjectData,
+    ObjectPiece,
+    ObjectStore,
+    SupportsMissing,
+    iter_bytes,
+    missing_by_stat,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +45,7 @@ class ForwardingStore:
     def inner(self) -> ObjectStore:
         return self._inner
 
-    async def put(self, key: ObjectKey, data: bytes | AsyncIterable[bytes]) -> None:
+    async def put(self, key: ObjectKey, data: ObjectData) -> None:
         await self._inner.put(key, data)
 
     async def get(self, key: ObjectKey, *, offset: int = 0, length: int | None = None) -> bytes:
@@ -85,8 +92,8 @@ class RetryingStore(ForwardingStore):
         self._base_delay = base_delay
         self._max_delay = max_delay
 
-    async def put(self, key: ObjectKey, data: bytes | AsyncIterable[bytes]) -> None:
-        if isinstance(data, bytes):
+    async def put(self, key: ObjectKey, data: ObjectData) -> None:
+        if isinstance(data, bytes | memoryview):
             await self._call(f"put {key}", lambda: self._inner.put(key, data))
         else:
             await self._inner.put(key, data)
@@ -174,7 +181,7 @@ class VerifyingStore(ForwardingStore):
     checked too; ranged gets are not (they cannot be).
     """
 
-    async def put(self, key: ObjectKey, data: bytes | AsyncIterable[bytes]) -> None:
+    async def put(self, key: ObjectKey, data: ObjectData) -> None:
         await self._inner.put(key, _verified(key, data))
 
     async def get(self, key: ObjectKey, *, offset: int = 0, length: int | None = None) -> bytes:
@@ -187,14 +194,14 @@ class VerifyingStore(ForwardingStore):
         return data
 
 
-async def _hash(hasher: StreamHasher, chunk: bytes) -> None:
+async def _hash(hasher: StreamHasher, chunk: ObjectPiece) -> None:
     if len(chunk) >= _HASH_IN_THREAD:
         await asyncio.to_thread(hasher.update, chunk)
     else:
         hasher.update(chunk)
 
 
-async def _verified(key: ObjectKey, data: bytes | AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+async def _verified(key: ObjectKey, data: ObjectData) -> AsyncIterator[ObjectPiece]:
     hasher = StreamHasher()
     async for chunk in iter_bytes(data):
         await _hash(hasher, chunk)
@@ -236,7 +243,7 @@ class ThrottledStore(ForwardingStore):
         self._up = _TokenBucket(rate) if rate else None
         self._down = _TokenBucket(rate) if rate else None
 
-    async def put(self, key: ObjectKey, data: bytes | AsyncIterable[bytes]) -> None:
+    async def put(self, key: ObjectKey, data: ObjectData) -> None:
         if self._up is None:
             await self._inner.put(key, data)
         else:
@@ -250,8 +257,8 @@ class ThrottledStore(ForwardingStore):
 
 
 async def _metered(
-    bucket: _TokenBucket, data: bytes | AsyncIterable[bytes]
-) -> AsyncIterator[bytes]:
+    bucket: _TokenBucket, data: ObjectData
+) -> AsyncIterator[ObjectPiece]:
     async for chunk in iter_bytes(data):
         for start in range(0, len(chunk), _THROTTLE_PIECE):
             piece = chunk[start : start + _THROTTLE_PIECE]

@@ -15,7 +15,7 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -34,7 +34,7 @@ from shared.format.deletion import DeletionMarker, encode_deletion
 from shared.format.snapshot import Snapshot
 from shared.format.tree import Node, NodeType
 from shared.ids import BlobType, ObjectId, ObjectKey, ObjectKind
-from shared.storage.base import ObjectStore
+from shared.storage.base import ObjectData, ObjectStore
 from shared.storage.local import LocalStore
 from shared.storage.wrappers import AppendOnlyStore, ForwardingStore
 from tests.conftest import make_tree
@@ -243,7 +243,7 @@ class CountingStore(WrappedStore):
         self.puts: list[ObjectKey] = []
         self.deletes: list[ObjectKey] = []
 
-    async def put(self, key: ObjectKey, data: bytes | AsyncIterable[bytes]) -> None:
+    async def put(self, key: ObjectKey, data: ObjectData) -> None:
         await super().put(key, data)
         self.puts.append(key)
 
@@ -262,7 +262,7 @@ class FailingAfterSnapshot(WrappedStore):
         super().__init__(inner)
         self.snapshot_stored = False
 
-    async def put(self, key: ObjectKey, data: bytes | AsyncIterable[bytes]) -> None:
+    async def put(self, key: ObjectKey, data: ObjectData) -> None:
         if key.kind == ObjectKind.PACK and self.snapshot_stored:
             raise StorageError("the disk went away")
         await super().put(key, data)
@@ -278,7 +278,7 @@ class FailingPacks(WrappedStore):
         self.allowed = allowed
         self.attempts = 0
 
-    async def put(self, key: ObjectKey, data: bytes | AsyncIterable[bytes]) -> None:
+    async def put(self, key: ObjectKey, data: ObjectData) -> None:
         if key.kind == ObjectKind.PACK:
             self.attempts += 1
             if self.attempts > self.allowed:

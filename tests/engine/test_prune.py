@@ -8,7 +8,7 @@ import asyncio
 import os
 import random
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -27,7 +27,7 @@ from shared.crypto.kdf import new_params
 from shared.errors import Cancelled, DamageFound, PermissionDenied, UsageError
 from shared.format.deletion import DeletionMarker, encode_deletion
 from shared.ids import BlobType, ObjectId, ObjectInfo, ObjectKey, ObjectKind
-from shared.storage.base import ObjectStore
+from shared.storage.base import ObjectData, ObjectStore
 from shared.storage.local import LocalStore
 from shared.storage.wrappers import AppendOnlyStore, ForwardingStore
 
@@ -53,7 +53,7 @@ class HookedStore(ForwardingStore):
         self.before_delete = before_delete
         self.before_list = before_list
 
-    async def put(self, key: ObjectKey, data: bytes | AsyncIterable[bytes]) -> None:
+    async def put(self, key: ObjectKey, data: ObjectData) -> None:
         if self.before_put is not None:
             await self.before_put(key)
         await self.inner.put(key, data)

@@ -10,6 +10,7 @@ import random
 import struct
 import unicodedata
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import msgpack
 import pytest
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 from shared import FORMAT_VERSION
 from shared.chunking import ChunkerParams, FastCdcChunker
 from shared.compression import Compression, compress, decompress
-from shared.crypto.aead import NONCE_SIZE, TAG_SIZE, open_sealed, seal
+from shared.crypto.aead import NONCE_SIZE, OVERHEAD, TAG_SIZE, open_sealed, seal, seal_in_place
 from shared.crypto.kdf import KdfParams, new_params
 from shared.crypto.keys import (
     MasterKeys,
@@ -38,7 +39,16 @@ from shared.errors import (
     UnsupportedFormat,
     WrongPassphrase,
 )
-from shared.format.blob import MAX_PLAINTEXT, decode_blob, encode_blob, encode_sealed
+from shared.format.blob import (
+    MAX_PLAINTEXT,
+    blob_aad,
+    decode_blob,
+    decode_sealed,
+    encode_blob,
+    encode_sealed,
+    seal_into,
+    sealed_size,
+)
 from shared.format.config import VaultConfig, decode_config, encode_config, verify_config
 from shared.format.deletion import DeletionMarker, decode_deletion, encode_deletion
 from shared.format.index import INDEX_AAD, IndexSegment, decode_index, encode_index
@@ -380,6 +390,126 @@ def test_pack_writer_header_round_trip(blobs: list[tuple[BlobType, bytes]],
         assert decode_blob(ENC, entry.type, entry.id, sealed) == plain
     n = struct.unpack("<I", data[-4:])[0]
     assert offset + n + TRAILER_SIZE == len(data)
+
+
+def _sealed_in_place(writer: PackWriter, pack_type: BlobType,
+                     plains: list[bytes]) -> list[tuple[memoryview, Compression, bytes | memoryview,
+                                                        ObjectId]]:
+    """Reserve every blob's region first, as sealers working side by side do."""
+    jobs = []
+    for plain in plains:
+        method, payload = compress(plain, 3)
+        bid = keyed_id(KEYS.chunk_id, plain)
+        jobs.append((writer.reserve(bid, sealed_size(len(payload)), len(plain)), method,
+                     payload, bid))
+    return jobs
+
+
+@SETTINGS
+@given(st.lists(st.binary(max_size=3000), min_size=1, max_size=6),
+       st.sampled_from(list(BlobType)), st.randoms(use_true_random=False))
+def test_pack_sealed_in_place_in_a_fixed_buffer(plains: list[bytes], pack_type: BlobType,
+                                                rnd: random.Random) -> None:
+    """The packer's way: regions reserved in a reused buffer, sealed in any order (by several
+    threads), the pack handed on as a view of the buffer. It reads back like any pack."""
+    size = sum(sealed_size(len(p)) for p in plains) + 4096
+    buffer = bytearray(b"\xee" * size)  # left over from an earlier pack
+    writer = PackWriter(pack_type, buffer)
+    jobs = _sealed_in_place(writer, pack_type, plains)
+    with ThreadPoolExecutor(2) as pool:
+        done = [pool.submit(seal_into, ENC, region, method, payload, blob_aad(pack_type, bid))
+                for region, method, payload, bid in rnd.sample(jobs, len(jobs))]
+    for fut in done:
+        fut.result()
+    pack_id, data, found = writer.finish(ENC)
+    assert isinstance(data, memoryview) and data.obj is buffer  # no copy of the pack
+    packed = bytes(data)
+    assert pack_id == object_id(packed) and found == read_header(packed)
+    for entry, plain in zip(found, plains, strict=True):
+        sealed = packed[entry.offset:entry.offset + entry.length]
+        assert decode_blob(ENC, entry.type, entry.id, sealed) == plain
+        assert entry.raw_length == len(plain)
+
+
+def test_pack_header_beyond_the_buffer_is_joined() -> None:
+    """A header with no room left in the buffer: the pack is one new bytes object."""
+    plains = [b"a" * 500, bytes(range(256)) * 3]
+    size = sum(sealed_size(len(compress(p, 3)[1])) for p in plains)
+    writer = PackWriter(BlobType.DATA, bytearray(size))
+    for region, method, payload, bid in _sealed_in_place(writer, BlobType.DATA, plains):
+        seal_into(ENC, region, method, payload, blob_aad(BlobType.DATA, bid))
+        region.release()
+    assert writer.room() == 0
+    pack_id, data, found = writer.finish(ENC)
+    assert isinstance(data, bytes) and pack_id == object_id(data)
+    assert found == read_header(data)
+    assert [decode_blob(ENC, e.type, e.id, data[e.offset:e.offset + e.length])
+            for e in found] == plains
+
+
+def test_pack_fixed_buffer_refuses_a_blob_past_its_end() -> None:
+    writer = PackWriter(BlobType.DATA, bytearray(100))
+    writer.reserve(ObjectId(b"\x01" * 32), 60, 60).release()
+    assert writer.room() == 40
+    with pytest.raises(ValueError, match="no room"):
+        writer.reserve(ObjectId(b"\x02" * 32), 41, 41)
+    assert writer.count == 1 and writer.size == 60
+
+
+def test_pack_add_into_a_fixed_buffer_matches_the_growing_writer() -> None:
+    plains = [b"compressible " * 40, random.Random(2).randbytes(300)]
+    sealed = [encode_blob(ENC, BlobType.DATA, keyed_id(KEYS.chunk_id, p), p, 3) for p in plains]
+    grown, fixed = PackWriter(BlobType.DATA), PackWriter(BlobType.DATA, bytearray(1 << 16))
+    for plain, blob in zip(plains, sealed, strict=True):
+        bid = keyed_id(KEYS.chunk_id, plain)
+        assert grown.add(bid, blob, len(plain)) == fixed.add(bid, blob, len(plain))
+    grown_data, fixed_data = grown.finish(ENC)[1], fixed.finish(ENC)[1]
+    assert isinstance(grown_data, bytes)
+    blob_area = sum(len(b) for b in sealed)
+    assert bytes(fixed_data)[:blob_area] == grown_data[:blob_area]
+    assert read_header(bytes(fixed_data)) == read_header(grown_data)
+
+
+@SETTINGS
+@given(st.binary(max_size=5000), st.binary(max_size=64), st.integers(0, 50))
+def test_seal_in_place_opens_like_seal(plain: bytes, aad: bytes, at: int) -> None:
+    """Sealed where it lies, inside a larger buffer: it opens with the same key and AAD, and
+    the bytes around the box are not touched."""
+    buffer = bytearray(b"\x5a" * (at + len(plain) + OVERHEAD + 7))
+    box = memoryview(buffer)[at : at + len(plain) + OVERHEAD]
+    box[NONCE_SIZE : NONCE_SIZE + len(plain)] = plain
+    seal_in_place(ENC, box, aad)
+    sealed = bytes(box)
+    assert open_sealed(ENC, sealed, aad) == plain
+    assert buffer[:at] == b"\x5a" * at and buffer[at + len(sealed):] == b"\x5a" * 7
+    with pytest.raises(IntegrityError):
+        open_sealed(ENC, sealed, aad + b"x")
+
+
+def test_seal_in_place_uses_a_new_nonce_each_time() -> None:
+    boxes = [bytearray(10 + OVERHEAD) for _ in range(2)]
+    for box in boxes:
+        seal_in_place(ENC, memoryview(box), b"")
+    assert boxes[0][:NONCE_SIZE] != boxes[1][:NONCE_SIZE] and boxes[0] != boxes[1]
+
+
+def test_seal_in_place_refuses_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="key"):
+        seal_in_place(ENC[:31], memoryview(bytearray(OVERHEAD)), b"")
+    with pytest.raises(ValueError, match="too small"):
+        seal_in_place(ENC, memoryview(bytearray(OVERHEAD - 1)), b"")
+    with pytest.raises(TypeError):
+        seal_in_place(ENC, memoryview(bytes(OVERHEAD)), b"")  # read-only
+
+
+def test_seal_into_matches_encode_sealed() -> None:
+    plain = b"abc" * 1000
+    method, payload = compress(plain, 3)
+    box = bytearray(sealed_size(len(payload)))
+    seal_into(ENC, memoryview(box), method, payload, b"aad")
+    assert open_sealed(ENC, bytes(box), b"aad")[0] == method
+    assert decode_sealed(ENC, bytes(box), b"aad", "x") == plain
+    assert len(box) == len(encode_sealed(ENC, plain, b"aad", 3))
 
 
 def test_pack_empty_writer_has_header_only() -> None:

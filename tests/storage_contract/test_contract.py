@@ -7,7 +7,7 @@ Object names are the BLAKE3 of their bytes throughout, as in a real vault.
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -23,7 +23,7 @@ from shared.errors import (
 )
 from shared.hashing import object_id
 from shared.ids import InvalidName, ObjectInfo, ObjectKey, ObjectKind
-from shared.storage.base import ObjectStore, missing
+from shared.storage.base import ObjectData, ObjectStore, missing
 from shared.storage.memory import MemoryStore
 from shared.storage.wrappers import AppendOnlyStore, RetryingStore, ThrottledStore, VerifyingStore
 from tests.storage_contract.conftest import Backend
@@ -56,6 +56,30 @@ async def test_put_then_get_round_trips(store: ObjectStore) -> None:
     data = random_bytes(100_000)
     await store.put(key_for(data), data)
     assert await store.get(key_for(data)) == data
+
+
+async def test_put_of_a_view_round_trips_and_leaves_the_buffer_free(store: ObjectStore) -> None:
+    """A pack assembled in a reused buffer is put as a view of it: once put returns, the
+    caller may overwrite the buffer without changing what was stored."""
+    buffer = bytearray(random_bytes(3 * MiB + 100, seed=7))
+    view = memoryview(buffer)[50 : 3 * MiB + 50]
+    data = bytes(view)
+    await store.put(key_for(data), view)
+    buffer[:] = bytes(len(buffer))
+    assert await store.get(key_for(data)) == data
+
+
+async def test_wrappers_put_a_view(backend: Backend) -> None:
+    data = random_bytes(2 * MiB, seed=8)
+    wrapped = ThrottledStore(RetryingStore(VerifyingStore(backend.store), base_delay=0.01),
+                             bytes_per_second=1 << 30)
+    await wrapped.put(key_for(data), memoryview(bytearray(data)))
+    assert await backend.store.get(key_for(data)) == data
+    wrong = key_for(b"not this")
+    with pytest.raises(IntegrityError):
+        await VerifyingStore(backend.store).put(wrong, memoryview(data))
+    with pytest.raises(ObjectNotFound):
+        await backend.store.stat(wrong)
 
 
 async def test_put_existing_key_keeps_first_copy(store: ObjectStore) -> None:
@@ -246,7 +270,7 @@ class FlakyStore(MemoryStore):
         if self.calls <= self.failures:
             raise StorageUnavailable("connection reset")
 
-    async def put(self, key: ObjectKey, data: bytes | AsyncIterable[bytes]) -> None:
+    async def put(self, key: ObjectKey, data: ObjectData) -> None:
         self._fail()
         await super().put(key, data)
 

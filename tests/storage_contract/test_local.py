@@ -87,6 +87,27 @@ async def test_local_pack_layout_is_sharded(tmp_path: Path) -> None:
     assert (tmp_path / "index" / key_for(b"an index").name).read_bytes() == b"an index"
 
 
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise here")
+@pytest.mark.parametrize("fsync", [True, False])
+async def test_local_put_drops_synced_pages_from_the_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fsync: bool) -> None:
+    """A synced object's pages are handed back to the kernel (a backup must not push the
+    user's files out of the page cache); unsynced ones are not (dirty pages are not dropped)."""
+    advised: list[int] = []
+    real = os.posix_fadvise
+
+    def record(fd: int, offset: int, length: int, advice: int) -> None:
+        advised.append(advice)
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", record)
+    store = await LocalStore.create(tmp_path, fsync=fsync)
+    data = os.urandom(1 << 20)
+    await store.put(key_for(data), memoryview(data))
+    assert await store.get(key_for(data)) == data
+    assert advised == ([os.POSIX_FADV_DONTNEED] if fsync else [])
+
+
 def test_local_construction_does_no_io(tmp_path: Path) -> None:
     LocalStore(tmp_path / "vault")
     assert not (tmp_path / "vault").exists()
