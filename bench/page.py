@@ -236,7 +236,10 @@ def _method(results: Results) -> str:
         "whichever tool ran first after a pause read cold files. So before every measured "
         "command, what it reads is read once, untimed, for every tool alike: the tree for a "
         "backup, the repository (the server's folder over HTTP) for a restore, and the tool's "
-        "cache. The data was also read once before the first round (warm-up: "
+        "cache. The restored trees are deleted only after every tool's restore, then synced: "
+        "this machine's ext4 has no journal and skips inodes freed in the last minute when it "
+        "creates files, which made a restore right after another's deletion ~20 s slower. "
+        "The data was also read once before the first round (warm-up: "
         f"{format_size(warm.get('bytes', 0))} in {warm.get('seconds', 0):.1f} s). An untimed "
         "`sync` follows every measured command.",
         "- **Measures**: wall time of the command; peak RSS of the client: "

@@ -50,10 +50,10 @@ def compress(data: bytes | memoryview,
     return Compression.ZSTD, packed
 
 
-def decompress(method: int, data: bytes, max_size: int) -> bytes:
+def decompress(method: int, data: bytes | bytearray, max_size: int) -> bytes:
     """Undo `compress`; refuse output larger than `max_size` (a damaged or hostile blob)."""
     if method == Compression.NONE:
-        return data
+        return bytes(data)  # the same object when it is bytes
     if method == Compression.ZSTD:
         try:
             size = zstandard.frame_content_size(data)  # -1: the frame does not state it

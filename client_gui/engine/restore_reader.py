@@ -42,7 +42,7 @@ class BlobConsumer(Protocol):
     async def in_thread(self, fn: Callable[..., T], *args: object) -> T:
         """Run `fn` on a worker thread; if this task is cancelled, wait for the thread to stop."""
 
-    def deliver(self, blob_id: ObjectId, plain: bytes) -> None:
+    def deliver(self, blob_id: ObjectId, plain: bytes | bytearray) -> None:
         """Use one blob's plaintext (worker thread)."""
 
     def blob_failed(self, blob_id: ObjectId, reason: str) -> None:
@@ -123,7 +123,10 @@ async def read_blobs(vault: Vault, needed: Mapping[bytes, BlobLocation],
 
 def _open_range(vault: Vault, consumer: BlobConsumer, rng: BlobRange,
                 data: bytes | CairnError) -> None:
-    """Open each blob of a range and hand it to the consumer (worker thread)."""
+    """Open each blob of a range and hand it to the consumer (worker thread).
+
+    The blobs are opened from views of the range (no copy of each sealed blob first)."""
+    view = memoryview(data) if not isinstance(data, CairnError) else memoryview(b"")
     for blob_id, loc in rng.blobs:
         consumer.check()
         if isinstance(data, CairnError):
@@ -132,7 +135,7 @@ def _open_range(vault: Vault, consumer: BlobConsumer, rng: BlobRange,
             continue
         start = loc.offset - rng.start
         try:
-            plain = vault.open_blob(blob_id, loc.type, data[start:start + loc.length])
+            plain = vault.open_blob_buffer(blob_id, loc.type, view[start:start + loc.length])
             if len(plain) != loc.raw_length:
                 raise IntegrityError(f"blob {blob_id.short()} is damaged: wrong length")
         except IntegrityError as exc:

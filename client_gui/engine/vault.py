@@ -38,7 +38,7 @@ from shared.errors import (
     VaultExists,
     WrongPassphrase,
 )
-from shared.format.blob import decode_blob
+from shared.format.blob import decode_blob, decode_blob_buffer
 from shared.format.config import VaultConfig, decode_config, encode_config, verify_config
 from shared.format.deletion import DeletionMarker, decode_deletion
 from shared.format.index import IndexSegment, decode_index, encode_index
@@ -417,6 +417,15 @@ class Vault:
 
     def open_blob(self, blob_id: ObjectId, blob_type: BlobType, sealed: bytes) -> bytes:
         plain = decode_blob(self.keys.encryption, blob_type, blob_id, sealed)
+        if keyed_id(self.keys.chunk_id, plain) != blob_id:
+            raise IntegrityError(f"blob {blob_id.short()} is damaged: content does not match ID")
+        return plain
+
+    def open_blob_buffer(self, blob_id: ObjectId, blob_type: BlobType,
+                         sealed: bytes | memoryview) -> bytes | bytearray:
+        """`open_blob` for restore: `sealed` may be a view of a range read from a pack, and
+        the plaintext is not copied on its way out (see decode_blob_buffer)."""
+        plain = decode_blob_buffer(self.keys.encryption, blob_type, blob_id, sealed)
         if keyed_id(self.keys.chunk_id, plain) != blob_id:
             raise IntegrityError(f"blob {blob_id.short()} is damaged: content does not match ID")
         return plain

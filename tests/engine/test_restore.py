@@ -20,13 +20,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from client_gui.engine import restore_writer
 from client_gui.engine.backup import BackupPlan, backup
 from client_gui.engine.progress import CancelToken, ItemProblem, Progress, RestoreProgress
 from client_gui.engine.restore import TEMP_MARK, RestoreError, RestorePlan, restore
+from client_gui.engine.restore_writer import OPEN_FILES, FileWriter, TargetFile
 from client_gui.engine.vault import SnapshotRef, Vault
 from client_gui.engine.walk import walk
 from shared.errors import Cancelled, UsageError
-from shared.format.tree import NodeType
+from shared.format.tree import Node, NodeType
 from shared.ids import BlobType, ObjectId, ObjectKey, ObjectKind
 from shared.storage.base import ObjectStore
 from shared.storage.wrappers import ForwardingStore
@@ -689,3 +691,67 @@ async def test_restore_reads_each_pack_once_in_order(tmp_path: Path,
     dst = below(tmp_path / "dst", src)
     assert all((dst / rel).read_bytes() == content for rel, content in spec.items())
     assert (dst / "shared3").read_bytes() == shared_block
+
+
+# ---- the file writer's descriptors, written outside the run's lock -------------------------
+
+
+def _target(tmp_path: Path, num: int, size: int = 10) -> TargetFile:
+    node = Node(name=b"f%d" % num, type=NodeType.FILE, size=size, mode=0o644)
+    return TargetFile(num, b"f%d" % num, bytes(tmp_path / f"f{num}"), node, remaining=1)
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("how", ["evicted", "failed", "discarded"])
+def test_a_pinned_descriptor_outlives_whatever_closes_it(tmp_path: Path, how: str) -> None:
+    """A worker writes through a pinned descriptor without the lock: the LRU of open files, a
+    failure of the same file or a discard must not close it under the write (the number could
+    be reused by another file and take its bytes); it is closed when unpinned."""
+    problems: list[bytes] = []
+    writer = FileWriter(owners=False, problem=lambda rel, msg, code: problems.append(rel),
+                        placed=lambda: None)
+    first = _target(tmp_path, 0)
+    fd = writer.pin(first)
+    if how == "evicted":
+        for num in range(1, OPEN_FILES + 2):
+            writer.unpin(writer.pin(_target(tmp_path, num)))
+        assert first.num not in writer.fds
+    elif how == "failed":
+        writer.fail(first, "damaged")
+    else:
+        writer.discard()
+    assert _is_open(fd)
+    FileWriter.write_at(first, fd, b"0123456789", 0, zero=False)
+    writer.unpin(fd)
+    assert not _is_open(fd) or fd in writer.fds.values()
+    assert writer.pinned == {} and writer.orphans == set()
+    if how == "evicted":
+        assert first.tmp is not None and Path(os.fsdecode(first.tmp)).read_bytes() == b"0123456789"
+
+
+def test_restored_files_leave_the_page_cache(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files of DROP_MIN bytes or more: writeback starts when each is complete, and its pages
+    are dropped once DROP_AFTER more bytes of such files are complete."""
+    advised: list[int] = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, advice: advised.append(fd))
+    monkeypatch.setattr(restore_writer, "DROP_AFTER", 2 * restore_writer.DROP_MIN)
+    writer = FileWriter(owners=False, problem=lambda *a: None, placed=lambda: None)
+    sizes = [restore_writer.DROP_MIN, 100, restore_writer.DROP_MIN, restore_writer.DROP_MIN]
+    for num, size in enumerate(sizes):
+        f = _target(tmp_path, num, size)
+        fd = writer.pin(f)
+        FileWriter.write_at(f, fd, b"x" * size, 0, zero=False)
+        writer.unpin(fd)
+        writer.complete(f)
+    # 3 large files completed (one fadvise each), the first of them dropped again once two
+    # more were complete; the 100-byte file is left alone.
+    assert len(advised) == 4
+    assert [p for p, _ in writer.written] == [bytes(tmp_path / "f2"), bytes(tmp_path / "f3")]

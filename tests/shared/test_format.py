@@ -43,6 +43,7 @@ from shared.format.blob import (
     MAX_PLAINTEXT,
     blob_aad,
     decode_blob,
+    decode_blob_buffer,
     decode_sealed,
     encode_blob,
     encode_sealed,
@@ -562,6 +563,35 @@ def test_blob_round_trip(plain: bytes, blob_type: BlobType) -> None:
     sealed = encode_blob(ENC, blob_type, bid, plain, 3)
     assert decode_blob(ENC, blob_type, bid, sealed) == plain
     assert len(sealed) <= NONCE_SIZE + 1 + len(plain) + TAG_SIZE
+
+
+@SETTINGS
+@given(st.one_of(st.binary(max_size=3000), st.builds(lambda n: b"ab" * n, st.integers(0, 900))),
+       st.sampled_from(list(BlobType)), st.integers(0, 40))
+def test_blob_opened_from_a_view_matches_decode_blob(plain: bytes, blob_type: BlobType,
+                                                     at: int) -> None:
+    """Restore's way: the sealed blob is a view into a range read from a pack."""
+    bid = keyed_id(KEYS.chunk_id, plain)
+    sealed = encode_blob(ENC, blob_type, bid, plain, 3)
+    pack_range = b"\x00" * at + sealed + b"\xff" * 9
+    view = memoryview(pack_range)[at : at + len(sealed)]
+    opened = decode_blob_buffer(ENC, blob_type, bid, view)
+    assert opened == plain == decode_blob(ENC, blob_type, bid, sealed)
+    assert (b"ab" in opened) == (b"ab" in plain)  # restore's writer searches it as bytes
+
+
+def test_blob_opened_from_a_view_refuses_damage() -> None:
+    plain = b"\x07" * 100
+    bid = keyed_id(KEYS.chunk_id, plain)
+    sealed = bytearray(encode_blob(ENC, BlobType.DATA, bid, plain, 0))
+    sealed[30] ^= 1
+    with pytest.raises(IntegrityError, match="authentication"):
+        decode_blob_buffer(ENC, BlobType.DATA, bid, memoryview(sealed))
+    with pytest.raises(IntegrityError, match="too short"):
+        decode_blob_buffer(ENC, BlobType.DATA, bid, memoryview(sealed)[:OVERHEAD - 1])
+    other = keyed_id(KEYS.chunk_id, b"other")
+    with pytest.raises(IntegrityError):
+        decode_blob_buffer(ENC, BlobType.DATA, other, bytes(sealed))
 
 
 def test_blob_tampered_byte_refused() -> None:
