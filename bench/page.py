@@ -295,6 +295,13 @@ def render(results: Results, chart: str | None) -> str:
         "## Throughput", "",
         "Size of the tree divided by the median wall time.", "",
         report.throughput_table(results), "",
+        "## CPU time (client)", "",
+        "User plus system seconds of the command (and the processes it waited for), median; "
+        "the second table is the system part alone. Where both tools spend most of a command "
+        "in the kernel (restore: writing the tree), wall-time ratios cannot go much below the "
+        "ratio of system times.", "",
+        report.metric_table(results, "cpu", fmt_seconds, "operation"), "",
+        report.metric_table(results, "sys", fmt_seconds, "operation (system time)"), "",
         "## Peak memory (client)", "",
         report.metric_table(results, "rss", fmt_mib, "operation"), "",
     ]

@@ -44,7 +44,8 @@ def median(values: Sequence[float]) -> float | None:
 
 
 def medians(samples: Sequence[Mapping[str, Any]]) -> dict[Key, dict[str, float | None]]:
-    """Median wall, rss, server_rss and repo_bytes of the successful samples, by key."""
+    """Median wall, rss, server_rss, repo_bytes, CPU (user + system) and system time of the
+    successful samples, by key."""
     groups: dict[Key, list[Mapping[str, Any]]] = defaultdict(list)
     for s in samples:
         if s.get("error") is None:
@@ -53,8 +54,10 @@ def medians(samples: Sequence[Mapping[str, Any]]) -> dict[Key, dict[str, float |
     for key, group in groups.items():
         out[key] = {
             metric: median([float(s[metric]) for s in group if s.get(metric) is not None])
-            for metric in ("wall", "rss", "server_rss", "repo_bytes", "data_bytes")
+            for metric in ("wall", "rss", "server_rss", "repo_bytes", "data_bytes", "sys")
         }
+        out[key]["cpu"] = median([float(s["user"]) + float(s["sys"]) for s in group
+                                  if s.get("user") is not None and s.get("sys") is not None])
         out[key]["n"] = float(len(group))
     return out
 

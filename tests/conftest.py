@@ -48,7 +48,7 @@ def cairn(tmp_path: Path) -> Callable[..., CliResult]:
     def run(*args: str, env: Mapping[str, str] | None = None, input: str | None = None,
             timeout: float = 120) -> CliResult:
         full_env = {**os.environ, **(env or {})}
-        proc = subprocess.run([sys.executable, "-m", "client_gui.cli.main", *args],
+        proc = subprocess.run([sys.executable, "-m", "client_gui.cli.launch", *args],
                               env=full_env, input=input, capture_output=True, text=True,
                               timeout=timeout, cwd=REPO)
         return CliResult(proc.returncode, proc.stdout, proc.stderr)

@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 from shared import FORMAT_VERSION
 from shared.chunking import ChunkerParams, FastCdcChunker
 from shared.compression import Compression, compress, decompress
+from shared.crypto import kdf
 from shared.crypto.aead import NONCE_SIZE, OVERHEAD, TAG_SIZE, open_sealed, seal, seal_in_place
-from shared.crypto.kdf import KdfParams, new_params
+from shared.crypto.kdf import KdfParams, derive, derive_ahead, new_params
 from shared.crypto.keys import (
     MasterKeys,
     decode_key_slot,
@@ -937,6 +938,27 @@ def test_kdf_params_out_of_range_refused() -> None:
         KdfParams("argon2id", 1, 5 * 1024**3, bytes(16))
     with pytest.raises(UnsupportedFormat):
         KdfParams("argon2id", 1, CHEAP_MEM, bytes(8))
+
+
+def test_kdf_derived_ahead_is_the_same_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    params = new_params(1, CHEAP_MEM)
+    expected = derive("pässphrase", params)
+    derive_ahead("pa\u0308ssphrase", params)  # the same text once NFC-normalised
+    derive_ahead("pa\u0308ssphrase", params)  # asked twice: one derivation
+    assert len(kdf._ahead) == 1
+    assert derive("pässphrase", params) == expected and kdf._ahead == {}
+    assert derive("pässphrase", params) == expected  # and then as usual
+
+
+def test_kdf_derived_ahead_failure_reaches_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(pw: bytes, params: KdfParams, size: int) -> bytes:
+        raise MemoryError("no memory for Argon2id")
+
+    params = new_params(1, CHEAP_MEM)
+    monkeypatch.setattr(kdf, "_argon2id", broken)
+    derive_ahead("x", params)
+    with pytest.raises(MemoryError):
+        derive("x", params)
 
 
 def test_kdf_default_params() -> None:
