@@ -12,6 +12,7 @@ passphrase and parameters is taken).
 """
 
 import os
+import stat
 import sys
 from collections.abc import Sequence
 
@@ -58,9 +59,8 @@ def _start(vault: str, passphrase: str) -> bool:
     folder = os.path.join(vault, ObjectKind.KEY.value)
     slots = []
     for name in sorted(os.listdir(folder)):
-        with open(os.path.join(folder, name), "rb") as f:
-            data = f.read(1 << 20)
-        if object_id(data).hex() != name:
+        data = _read_regular(os.path.join(folder, name))
+        if data is None or object_id(data).hex() != name:
             continue
         slot = decode_key_slot(data)
         if slot.slot_type == SlotType.PASSPHRASE and slot.kdf is not None:
@@ -72,6 +72,17 @@ def _start(vault: str, passphrase: str) -> bool:
         return False
     derive_ahead(passphrase, kdf)
     return True
+
+
+def _read_regular(path: str) -> bytes | None:
+    """The first MiB of `path` if it is a regular file; never waits on a FIFO put there."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, 1 << 20)
+    finally:
+        os.close(fd)
 
 
 def main() -> None:

@@ -204,7 +204,8 @@ class FileWriter:
             old, old_size = self.written.popleft()
             self.written_bytes -= old_size
             try:
-                fd = os.open(old, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                # Not blocking: whatever took the name since (a FIFO) must not stall us.
+                fd = os.open(old, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
             except OSError:
                 continue  # gone or replaced since: nothing of ours to drop
             try:

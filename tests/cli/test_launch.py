@@ -2,6 +2,7 @@
 while the program loads, and `Vault.open` takes that result (or derives as usual)."""
 
 import asyncio
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,7 +78,7 @@ def test_a_wrong_passphrase_head_start_is_harmless(vault_dir: Path,
 
 @pytest.mark.parametrize("case", ["passphrase file option", "passphrase file env",
                                   "no passphrase", "server vault", "recovery key", "no vault",
-                                  "not a vault", "damaged slots"])
+                                  "not a vault", "damaged slots", "a FIFO among the slots"])
 def test_no_head_start_when_it_cannot_be_known(vault_dir: Path, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch, case: str) -> None:
     argv = ["--vault", str(vault_dir), "snapshots"]
@@ -96,9 +97,13 @@ def test_no_head_start_when_it_cannot_be_known(vault_dir: Path, tmp_path: Path,
         argv = ["snapshots"]
     elif case == "not a vault":
         argv = ["--vault", str(tmp_path / "nothing"), "snapshots"]
-    else:
+    elif case == "damaged slots":
         for slot in (vault_dir / "keys").iterdir():
             slot.write_bytes(b"\x00" * 10)
+    else:  # opening it for reading would wait for a writer forever
+        for slot in (vault_dir / "keys").iterdir():
+            slot.unlink()
+        os.mkfifo(vault_dir / "keys" / ("0" * 64))
     _env(monkeypatch, **env)
     assert not start_unlock(argv)
     assert kdf._ahead == {}
