@@ -154,6 +154,8 @@ class _RestoreRun:
         except asyncio.CancelledError:
             self.stop.set()
             await asyncio.wait({fut})
+            if not fut.cancelled():
+                fut.exception()  # seen: the run's first error is the one reported
             raise
 
     def check(self) -> None:
