@@ -23,14 +23,13 @@ T = TypeVar("T")
 # than another request (restic uses the same idea for its pack reads).
 MAX_GAP = 1 << 20
 # One read is at most this long (unless a single blob is longer): with the queue and workers
-# below, at most ~5 such ranges are in memory at once. 16 MiB made restore's peak RSS 1.7x
-# restic's; 4 MiB costs nothing measurable on a local disk or loopback HTTP.
-MAX_RANGE = 4 << 20
-# Three workers open blobs and write them: decrypt, decompress and hash release the GIL, and
-# writing into the page cache is kernel time, so a third keeps both cores busy while one waits
-# in the kernel (2 GiB here: 8.6-9.9 s with three and 4 MiB ranges, 8.9-11.7 s with two and
-# 8 MiB, and a lower peak: ~155 against ~161 MiB).
-WORKERS = 3
+# below, at most ~4 such ranges are in memory at once. 16 MiB made restore's peak RSS 1.7x
+# restic's; halving it costs nothing measurable on a local disk or loopback HTTP.
+MAX_RANGE = 8 << 20
+# Two workers open blobs and write them: decrypt, decompress and hash release the GIL, so both
+# cores of a laptop work while the next range is read. (Three workers with 4 MiB ranges looked
+# faster alone but measured 1.07x restic in a full bench run, against 0.88-0.94x with these.)
+WORKERS = 2
 # Ranges read ahead of the workers: one keeps the disk or network busy without growing memory.
 RANGES_QUEUED = 1
 
