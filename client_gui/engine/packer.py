@@ -184,7 +184,7 @@ class Packer:
             buffer = self.free_buffers.pop()
         else:
             buffer = _anonymous_buffer(max(self.buffer_size, at_least + self.header_room))
-        return _OpenPack(PackWriter(blob_type, buffer), buffer)
+        return _OpenPack(PackWriter(blob_type, buffer))
 
     def _close(self, pack: "_OpenPack") -> "_OpenPack | None":
         """Take `pack` out of the open ones: it is uploaded once its last blob is sealed.
@@ -201,9 +201,11 @@ class Packer:
     def _give_back(self, pack: "_OpenPack") -> None:
         """Keep a data pack's buffer for the next one (its pages stay mapped); other buffers are
         let go. Call with `pack_lock` held."""
-        if (pack.writer.blob_type is BlobType.DATA and len(pack.buffer) == self.buffer_size
+        buffer = pack.writer.buffer
+        if (isinstance(buffer, mmap.mmap) and pack.writer.blob_type is BlobType.DATA
+                and len(buffer) == self.buffer_size
                 and len(self.free_buffers) < self.buffers_kept):
-            self.free_buffers.append(pack.buffer)
+            self.free_buffers.append(buffer)
 
     def _upload(self, pack: "_OpenPack") -> None:
         # The slot first: a finished pack waiting for its upload keeps its buffer, so at most
@@ -285,16 +287,16 @@ class Packer:
 
 
 class _OpenPack:
-    """A pack being filled: its writer, its buffer and how many blobs are being sealed into it.
+    """A pack being filled: its writer (and the writer's buffer) and how many blobs are being
+    sealed into it.
 
     Changed only with the packer's `pack_lock` held.
     """
 
-    __slots__ = ("broken", "buffer", "closed", "filling", "writer")
+    __slots__ = ("broken", "closed", "filling", "writer")
 
-    def __init__(self, writer: PackWriter, buffer: mmap.mmap) -> None:
+    def __init__(self, writer: PackWriter) -> None:
         self.writer = writer
-        self.buffer = buffer
         self.filling = 0
         self.closed = False  # no more blobs go in; uploaded once `filling` is 0
         self.broken = False  # a blob's sealing failed: never uploaded (the run fails)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from client_gui.engine.walk import display
 from shared.format.tree import Node, NodeType
+from shared.storage.local import drop_cached
 
 logger = logging.getLogger(__name__)
 
@@ -106,12 +107,6 @@ def write_sparse(fd: int, data: bytes | bytearray, offset: int) -> None:
         _pwrite_all(fd, view[pending:], offset + pending)
 
 
-def _drop_cached(fd: int) -> None:
-    if hasattr(os, "posix_fadvise"):
-        with contextlib.suppress(OSError):
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-
-
 def create_special(node: Node, path: bytes) -> None:
     """Create the symlink, FIFO or device file `node` describes at `path`."""
     if node.type == NodeType.SYMLINK:
@@ -180,7 +175,7 @@ class FileWriter:
         fd = self._fd(f)
         self._file_meta(f.rel, fd, f.node)
         if f.node.size >= DROP_MIN:
-            _drop_cached(fd)  # dirty pages are not dropped: this starts their writeback
+            drop_cached(fd)  # dirty pages are not dropped: this starts their writeback
         self._close(f)
         assert f.tmp is not None
         try:
@@ -209,7 +204,7 @@ class FileWriter:
             except OSError:
                 continue  # gone or replaced since: nothing of ours to drop
             try:
-                _drop_cached(fd)
+                drop_cached(fd)
             finally:
                 os.close(fd)
 

@@ -2,21 +2,18 @@
 
 Layout of a sealed box: nonce (24 bytes, random) || ciphertext || tag (16 bytes).
 
-`seal_in_place` calls libsodium through PyNaCl's own cffi module (`nacl._sodium`, what
-`nacl.bindings` is built on): PyNaCl's binding returns a new bytes object, and a backup moved
-every blob through three copies of it while holding the GIL. libsodium encrypts with the
-ciphertext at the plaintext's address (the stream cipher XORs block by block); the test suite
-checks the result against `seal`/`open_sealed`.
+`seal_in_place` and `open_sealed_buffer` (which `open_sealed` uses too) call libsodium through
+PyNaCl's own cffi module (`nacl._sodium`, what `nacl.bindings` is built on): PyNaCl's binding
+returns a new bytes object, and a backup moved every blob through three copies of it while
+holding the GIL. libsodium encrypts with the ciphertext at the plaintext's address (the stream
+cipher XORs block by block); the test suite checks the result against `seal`/`open_sealed`.
 """
 
 import os
 
 from nacl._sodium import ffi as _ffi
 from nacl._sodium import lib as _lib
-from nacl.bindings import (
-    crypto_aead_xchacha20poly1305_ietf_decrypt,
-    crypto_aead_xchacha20poly1305_ietf_encrypt,
-)
+from nacl.bindings import crypto_aead_xchacha20poly1305_ietf_encrypt
 from nacl.exceptions import CryptoError
 
 from shared.errors import IntegrityError
@@ -39,8 +36,7 @@ def seal_in_place(key: bytes, box: memoryview, aad: bytes) -> None:
 
     libsodium runs without the GIL, so several threads may seal into one buffer at once.
     """
-    if len(key) != KEY_SIZE:
-        raise ValueError("key must be 32 bytes")
+    _check_key(key)
     size = len(box) - OVERHEAD
     if size < 0:
         raise ValueError("box too small for a sealed payload")
@@ -56,8 +52,7 @@ def open_sealed_buffer(key: bytes, sealed: bytes | memoryview, aad: bytes,
                        what: str = "object") -> bytearray:
     """`open_sealed` into a new bytearray, straight from `sealed` (a view of a pack range
     needs no copy first): restore opens every blob of a vault this way."""
-    if len(key) != KEY_SIZE:
-        raise ValueError("key must be 32 bytes")
+    _check_key(key)
     size = len(sealed) - OVERHEAD
     if size < 0:
         raise IntegrityError(f"{what} is damaged: too short to be encrypted data")
@@ -72,13 +67,9 @@ def open_sealed_buffer(key: bytes, sealed: bytes | memoryview, aad: bytes,
 
 def open_sealed(key: bytes, sealed: bytes | memoryview, aad: bytes, what: str = "object") -> bytes:
     """Decrypt a sealed box; raise IntegrityError if it was altered or the key/aad is wrong."""
-    if len(sealed) < OVERHEAD:
-        raise IntegrityError(f"{what} is damaged: too short to be encrypted data")
-    sealed = bytes(sealed)
-    try:
-        out: bytes = crypto_aead_xchacha20poly1305_ietf_decrypt(
-            sealed[NONCE_SIZE:], aad, sealed[:NONCE_SIZE], key
-        )
-    except CryptoError as exc:
-        raise IntegrityError(f"{what} is damaged: authentication failed") from exc
-    return out
+    return bytes(open_sealed_buffer(key, sealed, aad, what))
+
+
+def _check_key(key: bytes) -> None:
+    if len(key) != KEY_SIZE:
+        raise ValueError("key must be 32 bytes")

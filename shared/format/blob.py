@@ -9,7 +9,6 @@ from shared.crypto.aead import (
     NONCE_SIZE,
     OVERHEAD,
     TAG_SIZE,
-    open_sealed,
     open_sealed_buffer,
     seal,
     seal_in_place,
@@ -46,11 +45,23 @@ def seal_into(key: bytes, box: memoryview, method: Compression, payload: bytes |
     seal_in_place(key, box, aad)
 
 
-def decode_sealed(key: bytes, sealed: bytes | memoryview, aad: bytes, what: str) -> bytes:
-    inner = open_sealed(key, sealed, aad, what)
+def decode_sealed_buffer(key: bytes, sealed: bytes | memoryview, aad: bytes,
+                         what: str) -> bytes | bytearray:
+    """Undo `encode_sealed` with one buffer: `sealed` may be a view (of a pack range), and a
+    payload stored raw comes back as the bytearray it was decrypted into."""
+    inner = open_sealed_buffer(key, sealed, aad, what)
     if not inner:
         raise IntegrityError(f"{what} is damaged: empty payload")
-    return decompress(inner[0], inner[1:], MAX_PLAINTEXT)
+    method = inner[0]
+    del inner[0]  # O(1): a bytearray drops its first bytes by moving its start
+    if method == Compression.NONE:
+        return inner
+    return decompress(method, inner, MAX_PLAINTEXT)
+
+
+def decode_sealed(key: bytes, sealed: bytes | memoryview, aad: bytes, what: str) -> bytes:
+    plain = decode_sealed_buffer(key, sealed, aad, what)
+    return plain if isinstance(plain, bytes) else bytes(plain)
 
 
 def encode_blob(
@@ -61,17 +72,9 @@ def encode_blob(
 
 def decode_blob_buffer(key: bytes, blob_type: BlobType, blob_id: ObjectId,
                        sealed: bytes | memoryview) -> bytes | bytearray:
-    """`decode_blob` with fewer copies, for restore: `sealed` may be a view of a pack range,
-    and a blob stored raw comes back as the bytearray it was decrypted into."""
-    what = f"blob {blob_id.short()}"
-    inner = open_sealed_buffer(key, sealed, blob_aad(blob_type, blob_id), what)
-    if not inner:
-        raise IntegrityError(f"{what} is damaged: empty payload")
-    method = inner[0]
-    del inner[0]  # O(1): a bytearray drops its first bytes by moving its start
-    if method == Compression.NONE:
-        return inner
-    return decompress(method, inner, MAX_PLAINTEXT)
+    """`decode_blob` without copies of its own, for restore (see decode_sealed_buffer)."""
+    return decode_sealed_buffer(key, sealed, blob_aad(blob_type, blob_id),
+                                f"blob {blob_id.short()}")
 
 
 def decode_blob(key: bytes, blob_type: BlobType, blob_id: ObjectId, sealed: bytes) -> bytes:

@@ -57,6 +57,11 @@ class PackWriter:
         self._used = 0
         self._entries: list[PackEntry] = []
 
+    @property
+    def buffer(self) -> bytearray | mmap.mmap | None:
+        """The fixed buffer given at construction (None for a growing writer)."""
+        return self._fixed
+
     def room(self) -> int:
         """Bytes a blob may still take (a growing writer has no limit)."""
         return sys.maxsize if self._fixed is None else len(self._fixed) - self._used

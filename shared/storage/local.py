@@ -160,7 +160,7 @@ class LocalStore:
         file.flush()
         if self._fsync:
             os.fsync(file.fileno())
-            _drop_cached(file.fileno())
+            drop_cached(file.fileno())
         file.close()
         if path.exists():
             # Same name, same content: keep the first copy untouched (a small window remains
@@ -228,10 +228,11 @@ async def _batches(data: ObjectData) -> AsyncIterator[list[ObjectPiece]]:
         yield batch
 
 
-def _drop_cached(fd: int) -> None:
-    """Tell the kernel the written (and synced) pages of `fd` will not be read soon, as Borg
-    does for its segments: a backup does not push the user's working set out of the page cache,
-    and the next pack reuses the freed pages instead of new ones (cheaper, above all in a VM)."""
+def drop_cached(fd: int) -> None:
+    """Tell the kernel the pages of `fd` will not be read soon, as Borg does for its segments:
+    clean pages are dropped (the next writes reuse them instead of new ones, cheaper above all
+    in a VM), dirty ones start their writeback. A backup or a restore then does not push the
+    user's working set out of the page cache. Nothing where the call does not exist."""
     if hasattr(os, "posix_fadvise"):
         with suppress(OSError):
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
