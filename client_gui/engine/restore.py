@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from client_gui.engine import malloc
 from client_gui.engine.progress import (
     CancelToken,
     ItemProblem,
@@ -39,6 +40,7 @@ from client_gui.engine.restore_writer import (
     SPARSE_BLOCK,
     TEMP_MARK,
     FileWriter,
+    Handle,
     HardLink,
     TargetFile,
     create_special,
@@ -110,6 +112,8 @@ async def restore(vault: Vault, plan: RestorePlan, *, progress: ProgressSink | N
     except BaseException:
         run.cleanup()
         raise
+    finally:
+        malloc.trim()  # the ranges and blobs are free: a long-lived app gives the memory back
     run.report(force=True)
     logger.info("restored %d files, %d directories, %d bytes to %s (%d problems)",
                 run.files_done, run.dirs_done, run.bytes_done, plan.target, len(run.problems))
@@ -135,6 +139,9 @@ class _RestoreRun:
         self.uses: dict[bytes, list[tuple[TargetFile, int]]] = {}
         self.needed: dict[bytes, BlobLocation] = {}
         self.dirs: list[tuple[bytes, Node]] = []
+        # Directories (rel; b"" is the target) this run created: nothing can be in the way
+        # inside them, so their entries need no lstat (one syscall less per file).
+        self.fresh: set[bytes] = set()
         self.problems: list[ItemProblem] = []
         self.files_total = 0
         self.files_done = 0
@@ -254,7 +261,9 @@ class _RestoreRun:
     # ---- directories, links, special files, file set-up (worker thread) -------------------
 
     def make(self, entries: list[tuple[bytes, Node]]) -> None:
-        os.makedirs(self.target, exist_ok=True)
+        if not os.path.lexists(self.target):
+            os.makedirs(self.target)
+            self.fresh.add(b"")
         self.files_total = sum(1 for _, n in entries
                                if n.type not in (NodeType.DIR, NodeType.SOCKET))
         skipped: set[bytes] = set()  # directories not restored: their contents are skipped
@@ -283,6 +292,7 @@ class _RestoreRun:
     def _make_dir(self, rel: bytes, path: bytes) -> bool:
         try:
             os.mkdir(path, 0o700)  # the real mode is set at the end, deepest first
+            self.fresh.add(rel)
             return True
         except FileExistsError:
             st = os.lstat(path)
@@ -317,6 +327,9 @@ class _RestoreRun:
 
     def _place(self, rel: bytes, path: bytes, node: Node) -> bool:
         """Create a non-regular entry at `path`, replacing an existing one only if asked."""
+        if rel.rpartition(b"/")[0] in self.fresh:
+            create_special(node, path)
+            return True
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -366,6 +379,8 @@ class _RestoreRun:
 
     def _existing(self, rel: bytes, path: bytes, node: Node) -> str:
         """"new", "replace", "same" (identical file in place) or "skip" (a problem)."""
+        if rel.rpartition(b"/")[0] in self.fresh:
+            return "new"
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -462,39 +477,55 @@ class _RestoreRun:
 
     def deliver(self, blob_id: ObjectId, plain: bytes | bytearray) -> None:
         zero = is_zero(plain)  # not written: the preallocated file reads as zeros (sparse)
-        targets: list[tuple[TargetFile, int, int]] = []
+        targets: list[tuple[TargetFile, int, Handle]] = []
+        whole: list[tuple[TargetFile, int]] = []  # files made of this one blob (see write_whole)
         with self.lock:
             try:
                 for f, offset in self.uses.pop(blob_id.raw, ()):
                     if self.writer.closed:
                         raise Cancelled("cancelled")
-                    if not f.failed:
+                    if f.failed:
+                        continue
+                    if f.remaining == 1 and f.tmp is None:  # never opened: its only blob
+                        whole.append((f, offset))
+                    else:
                         targets.append((f, offset, self.writer.pin(f)))
             except BaseException:
-                for *_, fd in targets:
-                    self.writer.unpin(fd)
+                for *_, handle in targets:
+                    self.writer.unpin(handle)
                 raise
         # The writes go outside the lock, so both workers write at once: writing into the
         # page cache is most of a restore's time, and under the lock it used one core.
-        for i, (f, offset, fd) in enumerate(targets):
+        for i, (f, offset, handle) in enumerate(targets):
             try:
-                self.writer.write_at(f, fd, plain, offset, zero=zero)
+                holes = self.writer.write_at(f, handle, plain, offset, zero=zero)
             except BaseException:
                 with self.lock:
                     for *_, rest in targets[i:]:
                         self.writer.unpin(rest)
                 raise
             with self.lock:
-                self.writer.unpin(fd)
-                if self.writer.closed:
-                    raise Cancelled("cancelled")
-                if f.failed:  # another of its blobs was damaged meanwhile
-                    continue
-                f.remaining -= 1
-                self.bytes_done += len(plain)
-                if f.remaining == 0:
-                    self.writer.complete(f)
+                self.writer.unpin(handle)
+                if self._written(f, len(plain)):
+                    f.holes |= holes
+                    if f.remaining == 0:
+                        self.writer.complete(f)
+        for f, offset in whole:
+            failed = self.writer.write_whole(f, plain, offset, zero=zero)
+            with self.lock:
+                if self._written(f, len(plain)):
+                    self.writer.settle(f, failed)
         self.report()
+
+    def _written(self, f: TargetFile, size: int) -> bool:
+        """Count a blob of `f` written (under the lock); False if `f` failed meanwhile."""
+        if self.writer.closed:
+            raise Cancelled("cancelled")
+        if f.failed:  # another of its blobs was damaged meanwhile
+            return False
+        f.remaining -= 1
+        self.bytes_done += size
+        return True
 
     # ---- the end (worker thread) ----------------------------------------------------------
 

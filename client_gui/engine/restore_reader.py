@@ -11,7 +11,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from client_gui.engine import malloc
 from client_gui.engine.vault import BlobLocation, Vault
 from shared.errors import CairnError, IntegrityError, ObjectNotFound, RangeError
 from shared.ids import ObjectId, ObjectKey, ObjectKind
@@ -144,7 +143,6 @@ def _open_range(vault: Vault, consumer: BlobConsumer, rng: BlobRange,
             consumer.blob_failed(blob_id, f"damaged data ({exc})")
             continue
         consumer.deliver(blob_id, plain)
-    malloc.trim()  # the range and its blobs are free now: give the memory back (peak RSS)
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -5,6 +5,7 @@ folder, then compared entry by entry (type, contents, mode, mtime in ns, links, 
 import asyncio
 import errno
 import hashlib
+import mmap
 import os
 import random
 import stat
@@ -26,7 +27,7 @@ from client_gui.engine.progress import CancelToken, ItemProblem, Progress, Resto
 from client_gui.engine.restore import TEMP_MARK, RestoreError, RestorePlan, restore
 from client_gui.engine.restore_writer import OPEN_FILES, FileWriter, TargetFile
 from client_gui.engine.vault import SnapshotRef, Vault
-from client_gui.engine.walk import walk
+from client_gui.engine.walk import display, walk
 from shared.errors import Cancelled, UsageError
 from shared.format.tree import Node, NodeType
 from shared.ids import BlobType, ObjectId, ObjectKey, ObjectKind
@@ -718,20 +719,19 @@ def test_a_pinned_descriptor_outlives_whatever_closes_it(tmp_path: Path, how: st
     writer = FileWriter(owners=False, problem=lambda rel, msg, code: problems.append(rel),
                         placed=lambda: None)
     first = _target(tmp_path, 0)
-    fd = writer.pin(first)
+    handle = writer.pin(first)
     if how == "evicted":
         for num in range(1, OPEN_FILES + 2):
             writer.unpin(writer.pin(_target(tmp_path, num)))
-        assert first.num not in writer.fds
+        assert first.num not in writer.handles
     elif how == "failed":
         writer.fail(first, "damaged")
     else:
         writer.discard()
-    assert _is_open(fd)
-    FileWriter.write_at(first, fd, b"0123456789", 0, zero=False)
-    writer.unpin(fd)
-    assert not _is_open(fd) or fd in writer.fds.values()
-    assert writer.pinned == {} and writer.orphans == set()
+    assert _is_open(handle.fd)
+    FileWriter.write_at(first, handle, b"0123456789", 0, zero=False)
+    writer.unpin(handle)
+    assert handle.pins == 0 and not _is_open(handle.fd)  # closed by the unpin
     if how == "evicted":
         assert first.tmp is not None and Path(os.fsdecode(first.tmp)).read_bytes() == b"0123456789"
 
@@ -747,11 +747,254 @@ def test_restored_files_leave_the_page_cache(tmp_path: Path,
     sizes = [restore_writer.DROP_MIN, 100, restore_writer.DROP_MIN, restore_writer.DROP_MIN]
     for num, size in enumerate(sizes):
         f = _target(tmp_path, num, size)
-        fd = writer.pin(f)
-        FileWriter.write_at(f, fd, b"x" * size, 0, zero=False)
-        writer.unpin(fd)
+        handle = writer.pin(f)
+        FileWriter.write_at(f, handle, b"x" * size, 0, zero=False)
+        writer.unpin(handle)
         writer.complete(f)
     # 3 large files completed (one fadvise each), the first of them dropped again once two
     # more were complete; the 100-byte file is left alone.
     assert len(advised) == 4
     assert [p for p, _ in writer.written] == [bytes(tmp_path / "f2"), bytes(tmp_path / "f3")]
+
+
+# ---- direct writes, whole files, fresh targets ----------------------------------------------
+
+
+def _direct_works(folder: Path) -> bool:
+    """Whether this file system takes O_DIRECT writes (tmpfs before Linux 6.6 does not)."""
+    probe = folder / "direct-probe"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | getattr(os, "O_DIRECT", 0), 0o600)
+    except OSError:
+        return False
+    try:
+        os.pwrite(fd, memoryview(mmap.mmap(-1, 4096)), 0)
+        return bool(getattr(os, "O_DIRECT", 0))
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+        probe.unlink()
+
+
+def _pieces(data: bytes, cuts: list[int]) -> list[tuple[int, bytes]]:
+    bounds = [0, *sorted({c % len(data) for c in cuts} - {0}), len(data)]
+    return [(a, data[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+BLOCK = restore_writer.SPARSE_BLOCK
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chunks=st.lists(st.sampled_from(["random", "zero", "text"]), min_size=1, max_size=6),
+       head=st.integers(0, 3 * BLOCK), cuts=st.lists(st.integers(0, 1 << 22), max_size=8),
+       seed=st.integers(0, 1 << 30))
+def test_direct_writes_of_blobs_in_any_order_make_the_file(
+        tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
+        chunks: list[str], head: int, cuts: list[int], seed: int) -> None:
+    """Blobs cut anywhere (unaligned edges, zero blocks, blobs within one page) and written in
+    any order through a Handle with an O_DIRECT descriptor give exactly the file; aligned zero
+    blocks stay holes. Small direct pieces exercise the bounce buffer's loop."""
+    monkeypatch.setattr(restore_writer, "DIRECT_PIECE", 3 * 4096)
+    rng = random.Random(seed)
+    parts = {"random": lambda: rng.randbytes(BLOCK + 777), "zero": lambda: bytes(2 * BLOCK),
+             "text": lambda: b"line of text\n" * 5000}
+    data = rng.randbytes(head) + b"".join(parts[c]() for c in chunks)
+    folder = tmp_path_factory.mktemp("direct")
+    path = folder / "file"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.ftruncate(fd, len(data))
+    handle = restore_writer.Handle(fd)
+    if _direct_works(folder):
+        handle.direct = os.open(path, os.O_WRONLY | os.O_DIRECT)
+    pieces = _pieces(data, cuts)
+    rng.shuffle(pieces)
+    try:
+        for offset, piece in pieces:
+            restore_writer.write_direct(handle, piece, offset)
+    finally:
+        handle.close()
+    assert path.read_bytes() == data
+    assert not handle.refused
+
+
+@pytest.mark.parametrize("how", ["open refused", "write refused", "short write"])
+async def test_direct_writes_fall_back_to_the_page_cache(
+        tmp_path: Path, vault_factory: VaultFactory, monkeypatch: pytest.MonkeyPatch,
+        how: str) -> None:
+    """Where O_DIRECT is refused (EINVAL at open or at a write: a file system or device
+    wanting other alignment) or a direct write comes back short, the rest of the file goes
+    through the page cache and the restore is still exact."""
+    src = tmp_path / "src"
+    rng = random.Random(5)
+    spec = {"big": rng.randbytes(3 << 20) + bytes(200_000) + rng.randbytes(5000),
+            "small": rng.randbytes(3000)}
+    make_tree(src, spec)
+    vault, _, ref = await backed_up(vault_factory, src)
+    real_open, real_pwrite = os.open, os.pwrite
+    direct_fds: set[int] = set()
+    flag = getattr(os, "O_DIRECT", 0)
+
+    def fake_open(path: object, flags: int, *args: object, **kwargs: object) -> int:
+        if flags & flag and how == "open refused":
+            raise OSError(errno.EINVAL, "Invalid argument")
+        fd = real_open(path, flags & ~flag, *args, **kwargs)  # type: ignore[arg-type]
+        if flags & flag:
+            direct_fds.add(fd)
+        return fd
+
+    def fake_pwrite(fd: int, data: memoryview, offset: int) -> int:
+        if fd in direct_fds:
+            if how == "write refused":
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return real_pwrite(fd, data[:4096], offset)  # short
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "open", fake_open)
+    monkeypatch.setattr(os, "pwrite", fake_pwrite)
+    if not flag:
+        pytest.skip("no O_DIRECT on this system")
+
+    result = await restore(vault, RestorePlan(snapshot=ref, target=tmp_path / "dst"))
+
+    assert result.problems == ()
+    dst = below(tmp_path / "dst", src)
+    assert {rel: (dst / rel).read_bytes() for rel in spec} == spec
+    assert (how == "open refused") == (not direct_fds)
+
+
+async def test_restore_writes_large_files_directly(tmp_path: Path, vault_factory: VaultFactory,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files of DIRECT_MIN bytes or more get an O_DIRECT descriptor; smaller ones do not."""
+    if not _direct_works(tmp_path):
+        pytest.skip("this file system refuses O_DIRECT")
+    src = tmp_path / "src"
+    rng = random.Random(6)
+    spec = {"big": rng.randbytes(restore_writer.DIRECT_MIN + 12345),
+            "small": rng.randbytes(restore_writer.DIRECT_MIN - 1)}
+    make_tree(src, spec)
+    vault, _, ref = await backed_up(vault_factory, src)
+    real_open, real_pwrite = os.open, os.pwrite
+    direct: list[bytes] = []
+    direct_fds: set[int] = set()
+    written_directly = 0
+
+    def recording_open(path: bytes, flags: int, *args: int) -> int:
+        fd = real_open(path, flags, *args)
+        if flags & os.O_DIRECT:
+            direct.append(os.path.basename(path).split(TEMP_MARK)[0])
+            direct_fds.add(fd)
+        return fd
+
+    def recording_pwrite(fd: int, data: memoryview, offset: int) -> int:
+        nonlocal written_directly
+        n = real_pwrite(fd, data, offset)
+        if fd in direct_fds:
+            assert offset % 4096 == 0 and n % 4096 == 0
+            written_directly += n
+        return n
+
+    monkeypatch.setattr(os, "open", recording_open)
+    monkeypatch.setattr(os, "pwrite", recording_pwrite)
+    await restore(vault, RestorePlan(snapshot=ref, target=tmp_path / "dst"))
+
+    assert direct == [b".big"]
+    # all of it but the unaligned edges of its blobs
+    assert written_directly > len(spec["big"]) - 64 * 4096
+    dst = below(tmp_path / "dst", src)
+    assert {rel: (dst / rel).read_bytes() for rel in spec} == spec
+
+
+async def test_files_ending_in_a_hole_get_their_size(tmp_path: Path,
+                                                     vault_factory: VaultFactory) -> None:
+    """A small file is not sized before its blobs are written: one that is a single zero blob,
+    or ends in one, still gets its full size (and an empty file stays empty)."""
+    src = tmp_path / "src"
+    rng = random.Random(7)
+    spec = {"zeros": bytes(100_000), "empty": b"", "ends-in-zeros": rng.randbytes(300_000)
+            + bytes(400_000), "zero-block": rng.randbytes(1000) + bytes(3 * BLOCK)}
+    make_tree(src, spec)
+    vault, _, ref = await backed_up(vault_factory, src)
+
+    result = await restore(vault, RestorePlan(snapshot=ref, target=tmp_path / "dst"))
+
+    assert result.problems == ()
+    dst = below(tmp_path / "dst", src)
+    assert {rel: (dst / rel).read_bytes() for rel in spec} == spec
+
+
+async def test_a_fresh_target_needs_no_lstat_per_file(tmp_path: Path,
+                                                      vault_factory: VaultFactory,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing can be in the way inside directories the restore created, so their entries are
+    not looked up first; in an existing target they are (and what is there is kept)."""
+    src = tmp_path / "src"
+    spec = many_files(src, 30, 100, seed=8)
+    (src / "d0" / "link").symlink_to("f000")
+    vault, _, ref = await backed_up(vault_factory, src)
+    real_lstat = os.lstat
+    looked: list[bytes] = []
+
+    def counting_lstat(path: bytes, *args: object, **kwargs: object) -> os.stat_result:
+        looked.append(os.fsencode(path))
+        return real_lstat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "lstat", counting_lstat)
+    fresh = tmp_path / "fresh"
+    await restore(vault, RestorePlan(snapshot=ref, target=fresh))
+    assert not [p for p in looked if p.startswith(bytes(fresh) + b"/")]
+
+    existing = tmp_path / "existing"
+    kept = below(existing, src) / "d1" / "f001"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"mine")
+    result = await restore(vault, RestorePlan(snapshot=ref, target=existing))
+    assert [p.path for p in result.problems] == [display(os.fsencode(kept.relative_to(existing)))]
+    assert kept.read_bytes() == b"mine"
+    assert len([p for p in looked if p.startswith(bytes(existing) + b"/")]) >= len(spec) // 3
+    assert tree_state(below(fresh, src)) == tree_state(src)
+
+
+def _whole_target(tmp_path: Path) -> tuple[FileWriter, TargetFile]:
+    writer = FileWriter(owners=False, problem=lambda *a: None, placed=lambda: None)
+    return writer, _target(tmp_path, 0)
+
+
+def test_a_whole_file_started_after_discard_leaves_nothing(tmp_path: Path) -> None:
+    """write_whole runs without the lock: if discard() ran before its temp file existed, it
+    removes the file itself and reports the cancellation."""
+    writer, f = _whole_target(tmp_path)
+    writer.discard()
+    with pytest.raises(Cancelled):
+        writer.write_whole(f, b"0123456789", 0, zero=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_whole_file_discarded_before_its_rename_is_a_cancellation(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """discard() during write_whole removes the temp file; the rename that then fails is the
+    run being cancelled, not a write error, and nothing is left."""
+    writer, f = _whole_target(tmp_path)
+    real_seal = FileWriter._seal
+
+    def seal_then_discard(self: FileWriter, target: TargetFile, fd: int) -> list[str]:
+        failed = real_seal(self, target, fd)
+        self.discard()
+        return failed
+
+    monkeypatch.setattr(FileWriter, "_seal", seal_then_discard)
+    with pytest.raises(Cancelled):
+        writer.write_whole(f, b"0123456789", 0, zero=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_temp_names_are_unique_without_a_random_call_each(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_random(*args: object) -> None:
+        raise AssertionError("getrandom per temp name")
+
+    monkeypatch.setattr(restore_writer.secrets, "token_hex", no_random)
+    names = {restore_writer.temp_path(b"/t/" + b"n" * 300) for _ in range(1000)}
+    assert len(names) == 1000
+    assert all(len(n.rpartition(b"/")[2]) <= 255 and TEMP_MARK in n for n in names)
