@@ -206,7 +206,7 @@ class _BackupRun:
                              seals_in_flight=SEAL_WORKERS * SEALS_IN_FLIGHT_PER_WORKER,
                              uploads_in_flight=(LOCAL_UPLOADS_IN_FLIGHT if vault.on_this_machine
                                                 else UPLOADS_IN_FLIGHT),
-                             batch_below=self.chunker_params.min_size)
+                             inline_below=self.chunker_params.min_size)
         # The walk and the final shutdown get threads of their own, not the loop's default
         # executor: they wait for coroutines (uploads, tree loads) that may need that executor.
         self.control_pool = ThreadPoolExecutor(2, thread_name_prefix="cairn-walk")

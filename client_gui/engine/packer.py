@@ -21,9 +21,6 @@ from shared.ids import BlobType, ObjectId, ObjectKey, ObjectKind
 
 logger = logging.getLogger(__name__)
 
-# Small blobs handed to the sealing pool at once (or fewer, once they add up to batch_below).
-BATCH_BLOBS = 32
-
 
 class Packer:
     """The seal -> pack -> upload -> index stages of one backup run, fed from any thread.
@@ -34,7 +31,7 @@ class Packer:
 
     def __init__(self, vault: Vault, loop: asyncio.AbstractEventLoop, state: BackupState, *,
                  seal_workers: int, seals_in_flight: int, uploads_in_flight: int,
-                 batch_below: int = 0) -> None:
+                 inline_below: int = 0) -> None:
         self.vault = vault
         self.loop = loop
         self.state = state
@@ -59,12 +56,12 @@ class Packer:
         self.upload_slots = threading.BoundedSemaphore(uploads_in_flight)
         self.seal_slots = threading.BoundedSemaphore(seals_in_flight)
         self.seal_pool = ThreadPoolExecutor(seal_workers, thread_name_prefix="cairn-seal")
-        # Blobs smaller than this go to the pool in batches: one hand-off per blob cost more
-        # than sealing a small file's blob (thread wake-ups and GIL hand-offs).
-        self.batch_below = batch_below
-        self.batch: list[tuple[BlobType, ObjectId, bytes]] = []
-        self.batch_bytes = 0
-        self.batch_lock = threading.Lock()
+        # Blobs smaller than this are sealed by the thread that submits them (the walker, for
+        # small files). Handing them to the pool, one by one or in batches of 32, cost more
+        # than sealing them: every hand-off and every GIL release of a sealer woke another
+        # thread. For 100,000 small files: ~9.2 s of CPU in the pool, ~6.7 s inline (half the
+        # system time), and ~7 % less wall time.
+        self.inline_below = inline_below
 
     def recover(self, packs: dict[ObjectId, tuple[PackEntry, ...]]) -> None:
         """Index `packs` (stored, but in no index segment) at the next flush.
@@ -82,10 +79,9 @@ class Packer:
 
     # ---- sealing --------------------------------------------------------------------------
 
-    def _seal(self, blobs: list[tuple[BlobType, ObjectId, bytes]]) -> None:
+    def _seal(self, blob_type: BlobType, blob_id: ObjectId, data: bytes) -> None:
         try:
-            for blob_type, blob_id, data in blobs:
-                self.seal_now(blob_type, blob_id, data)
+            self.seal_now(blob_type, blob_id, data)
         except BaseException as exc:
             self.state.fail(exc)
             raise
@@ -94,35 +90,20 @@ class Packer:
 
     def submit_seal(self, blob_type: BlobType, blob_id: ObjectId,
                     data: bytes | memoryview) -> None:
-        """Seal and pack a new blob on the sealing pool (small ones in batches).
+        """Seal and pack a new blob on the sealing pool (one below `inline_below` right here).
 
         Waits while too many are in flight. `data` may be a view of the caller's buffer: it is
-        copied before this returns.
+        copied (or sealed) before this returns.
         """
         with self.state.stats_lock:
             self.state.stats.new_blobs += 1
             self.state.stats.new_bytes += len(data)
-        if len(data) >= self.batch_below:
-            self._submit([(blob_type, blob_id, bytes(data))])
+        if len(data) < self.inline_below:
+            self.seal_now(blob_type, blob_id, data)
             return
-        with self.batch_lock:
-            self.batch.append((blob_type, blob_id, bytes(data)))
-            self.batch_bytes += len(data)
-            if len(self.batch) < BATCH_BLOBS and self.batch_bytes < self.batch_below:
-                return
-            blobs, self.batch, self.batch_bytes = self.batch, [], 0
-        self._submit(blobs)
-
-    def _submit_batch(self) -> None:
-        with self.batch_lock:
-            blobs, self.batch, self.batch_bytes = self.batch, [], 0
-        if blobs:
-            self._submit(blobs)
-
-    def _submit(self, blobs: list[tuple[BlobType, ObjectId, bytes]]) -> None:
         while not self.seal_slots.acquire(timeout=0.5):
             self.state.check()
-        fut = self.seal_pool.submit(self._seal, blobs)
+        fut = self.seal_pool.submit(self._seal, blob_type, blob_id, bytes(data))
         with self.futures_lock:
             self.seals.add(fut)
         fut.add_done_callback(self._seal_done)
@@ -265,7 +246,6 @@ class Packer:
 
         Call from a worker thread, never from the event loop (it waits on uploads there).
         """
-        self._submit_batch()
         self._wait_all(self.seals)
         with self.pack_lock:
             ready = [self._close(pack) for pack in list(self.open.values())]

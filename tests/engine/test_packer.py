@@ -41,7 +41,7 @@ def _blobs(count: int, seed: int) -> list[bytes]:
 def _packer(vault: Vault, uploads: int = 1) -> Packer:
     return Packer(vault, asyncio.get_running_loop(), BackupState(CancelToken()),
                   seal_workers=2, seals_in_flight=4, uploads_in_flight=uploads,
-                  batch_below=1024)
+                  inline_below=1024)
 
 
 def _feed(packer: Packer, vault: Vault, blobs: list[bytes], threads: int,
