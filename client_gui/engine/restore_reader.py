@@ -23,8 +23,10 @@ T = TypeVar("T")
 MAX_GAP = 1 << 20
 # One read is at most this long (unless a single blob is longer): with the queue and workers
 # below, at most ~4 such ranges are in memory at once. 16 MiB made restore's peak RSS 1.7x
-# restic's; halving it costs nothing measurable on a local disk or loopback HTTP.
-MAX_RANGE = 8 << 20
+# restic's. Since restore stopped trimming malloc after every range (re-faulting the pages cost
+# more time than the rest of the change saved), 8 MiB ranges left a peak of ~176-184 MiB
+# (restic: ~170-190); 4 MiB ranges ~155-160 MiB, at about the same speed.
+MAX_RANGE = 4 << 20
 # Two workers open blobs and write them: decrypt, decompress and hash release the GIL, so both
 # cores of a laptop work while the next range is read. (Three workers with 4 MiB ranges looked
 # faster alone but measured 1.07x restic in a full bench run, against 0.88-0.94x with these.)
