@@ -7,6 +7,7 @@ from typing import Any
 from bench import report
 from bench.dataset import SHARES, format_size
 from bench.report import Results, fmt_mib, fmt_seconds
+from shared.compression import DEFAULT_BLOB_LEVEL
 
 
 def _machine(results: Results) -> str:
@@ -63,7 +64,7 @@ _STAGE_LABELS = {
     "read": "read: open + read each file into a reused buffer",
     "chunk": "chunk: FastCDC (`split_buffer`)",
     "hash": "hash: keyed BLAKE3 of each chunk",
-    "compress": "compress: zstd level 3, distinct chunks",
+    "compress": f"compress: zstd level {DEFAULT_BLOB_LEVEL}, distinct chunks",
     "encrypt": "encrypt: XChaCha20-Poly1305, compressed payloads",
 }
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from bench.dataset import Dataset, read_all
 from shared.chunking import ChunkerParams, FastCdcChunker
-from shared.compression import DEFAULT_LEVEL, compress
+from shared.compression import DEFAULT_BLOB_LEVEL, compress
 from shared.crypto.aead import seal
 from shared.format.blob import blob_aad
 from shared.hashing import keyed_id
@@ -153,7 +153,7 @@ class _Reader:
 
 def _payload(chunk: memoryview) -> bytes:
     """What the AEAD seals: the compression method byte, then the (maybe) compressed chunk."""
-    method, packed = compress(chunk, DEFAULT_LEVEL)
+    method, packed = compress(chunk, DEFAULT_BLOB_LEVEL)
     return bytes([method]) + packed
 
 

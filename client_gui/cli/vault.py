@@ -17,6 +17,7 @@ from client_gui.engine.prune import prune
 from client_gui.engine.retention import RetentionRules
 from client_gui.engine.secrets import vault_account
 from client_gui.engine.vault import Vault
+from shared.compression import DEFAULT_BLOB_LEVEL, MAX_LEVEL
 from shared.errors import DamageFound, UsageError, VaultExists
 from shared.storage.local import LocalStore
 from shared.units import human_size
@@ -41,6 +42,9 @@ def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
                    help="store the passphrase in the OS keyring")
     p.add_argument("--pack-size", type=int, default=16, metavar="MIB",
                    help="target pack file size in MiB (16-64)")
+    p.add_argument("--compression", type=int, default=DEFAULT_BLOB_LEVEL, metavar="LEVEL",
+                   help=f"zstd level of the data (0: none, 1-{MAX_LEVEL}; higher is smaller "
+                        f"and slower; default {DEFAULT_BLOB_LEVEL})")
     p.set_defaults(func=init)
 
     p = sub.add_parser("key", help="manage the passphrases and recovery keys of the vault")
@@ -104,6 +108,8 @@ async def init(ctx: Context) -> int:
     args = ctx.args
     if not 16 <= args.pack_size <= 64:
         raise UsageError("--pack-size must be between 16 and 64 (MiB)")
+    if not 0 <= args.compression <= MAX_LEVEL:
+        raise UsageError(f"--compression must be between 0 (none) and {MAX_LEVEL}")
     root = ctx.local_root()
     if root is None:
         creator = await ctx.new_remote_vault()
@@ -120,6 +126,7 @@ async def init(ctx: Context) -> int:
         store = ctx.raw_store()
         where = str(root)
     vault, recovery = await Vault.create(store, passphrase, pack_size=args.pack_size << 20,
+                                         zstd_level=args.compression,
                                          recovery_key=args.recovery_key)
     remembered = args.remember and ctx.secrets.set(vault_account(vault.config.vault_id),
                                                    passphrase)

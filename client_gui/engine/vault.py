@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from client_gui.engine.cache import CachingStore
 from shared.chunking import DEFAULT_AVG, DEFAULT_MAX, DEFAULT_MIN
-from shared.compression import DEFAULT_LEVEL
+from shared.compression import DEFAULT_BLOB_LEVEL
 from shared.crypto.kdf import KdfParams
 from shared.crypto.keys import (
     KeySlot,
@@ -167,7 +167,7 @@ class Vault:
     @classmethod
     async def create(
         cls, store: ObjectStore, passphrase: str, *, kdf: KdfParams | None = None,
-        pack_size: int = DEFAULT_PACK_SIZE, zstd_level: int = DEFAULT_LEVEL,
+        pack_size: int = DEFAULT_PACK_SIZE, zstd_level: int = DEFAULT_BLOB_LEVEL,
         recovery_key: bool = True,
     ) -> tuple["Vault", str | None]:
         """Write config and key slots; returns the vault and the recovery key text (if made)."""

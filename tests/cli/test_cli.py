@@ -307,3 +307,29 @@ def test_cli_unreadable_file_exits_1_with_summary(cairn: Cairn, env: dict[str, s
     assert "Traceback" not in res.stderr
     snaps = json.loads(cairn("--json", "snapshots", env=env).stdout)
     assert len(snaps) == 1 and snaps[0]["stats"]["files"] == 5
+
+
+def test_cli_init_compression_level(cairn: Cairn, tmp_path: Path) -> None:
+    """`init --compression` sets the zstd level of the vault's data (default 2, 0 = none);
+    a level out of range is one line and exit 5 (usage), and creates nothing."""
+    import asyncio
+
+    from client_gui.engine.vault import Vault
+    from shared.compression import DEFAULT_BLOB_LEVEL
+    from shared.storage.local import LocalStore
+
+    def level(folder: Path) -> int:
+        config, _ = asyncio.run(Vault.read_config(LocalStore(folder)))
+        return config.zstd_level
+
+    env = {"CAIRN_PASSPHRASE": PASS}
+    assert cairn("--vault", str(tmp_path / "a"), "init", env=env).code == 0
+    assert level(tmp_path / "a") == DEFAULT_BLOB_LEVEL == 2
+    assert cairn("--vault", str(tmp_path / "b"), "init", "--compression", "0", env=env).code == 0
+    assert level(tmp_path / "b") == 0
+    assert cairn("--vault", str(tmp_path / "c"), "init", "--compression", "9", env=env).code == 0
+    assert level(tmp_path / "c") == 9
+    for bad in ("20", "-1"):
+        res = cairn("--vault", str(tmp_path / "d"), "init", "--compression", bad, env=env)
+        assert_one_line_error(res, 5, "--compression must be between 0 (none) and 19")
+        assert not (tmp_path / "d").exists()
