@@ -22,6 +22,7 @@ from typing import Final
 from client_gui.engine.walk import display
 from shared.errors import Cancelled
 from shared.format.tree import Node, NodeType
+from shared.storage.direct import ALIGN, open_direct, pwrite_all, write_pages
 from shared.storage.local import drop_cached
 
 logger = logging.getLogger(__name__)
@@ -36,16 +37,12 @@ OPEN_FILES = 64
 # of a restore's time.
 DROP_MIN = 1 << 20
 DROP_AFTER = 64 << 20
-# Files of at least DIRECT_MIN bytes are written with O_DIRECT where the system has it: the
-# page-aligned middle of each blob goes to the disk through a page-aligned bounce buffer of
-# DIRECT_PIECE bytes per writing thread, and only the edges (under a page at each end of a blob)
-# and the small files go through the page cache. On this VM a page the page cache has not used
-# lately costs ~2.4 ms per MiB the first time it is touched (the host gives it back), so writing
-# 2 GiB through the page cache took 5-6 s of system time, and with O_DIRECT 0.2 s (docs/DESIGN.md).
+# Files of at least DIRECT_MIN bytes are written with O_DIRECT where the system has it (see
+# shared/storage/direct.py): the page-aligned middle of each blob goes to the disk through a
+# page-aligned bounce buffer of DIRECT_PIECE bytes per writing thread, and only the edges
+# (under a page at each end of a blob) and the small files go through the page cache.
 DIRECT_MIN = 1 << 20
 DIRECT_PIECE = 1 << 20
-_ALIGN: Final = max(4096, mmap.PAGESIZE)
-_O_DIRECT: Final = getattr(os, "O_DIRECT", 0)
 _WRITE: Final = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Aligned all-zero blocks of this size inside a blob are not written, so holes in the file
 # (a disk image, a database) stay holes after restore even where a chunk spans data and hole.
@@ -99,14 +96,6 @@ def temp_path(path: bytes) -> bytes:
             + f"{_TEMP_TAG}{next(_temp_numbers):x}".encode("ascii"))
 
 
-def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n
-
-
 # put(view, file offset): how write_sparse writes one run of data
 PutFn = Callable[[memoryview, int], None]
 
@@ -118,7 +107,7 @@ def write_sparse(fd: int, data: bytes | bytearray, offset: int, lo: int = 0,
     True if a block was skipped."""
     hi = len(data) if hi is None else hi
     if put is None:
-        put = lambda run, at: _pwrite_all(fd, run, at)  # noqa: E731
+        put = lambda run, at: pwrite_all(fd, run, at)  # noqa: E731
     view = memoryview(data)
     pending = lo  # start of the run of data still to be written
     skipped = False
@@ -171,25 +160,19 @@ def _bounce_buffer() -> mmap.mmap:
 
 def _put_direct(handle: Handle, run: memoryview, offset: int) -> None:
     """Write a page-aligned run (aligned offset and length) with O_DIRECT, DIRECT_PIECE bytes
-    at a time. What a direct write refuses (EINVAL: a file system or device wanting other
-    alignment) or leaves short goes through the page cache, and so does the rest of the file."""
+    at a time. Once a direct write is refused or short (write_pages), the rest of the file
+    goes through the page cache."""
     buffer = _bounce_buffer()
     done = 0
-    while done < len(run) and not handle.refused:
+    while done < len(run):
         n = min(DIRECT_PIECE, len(run) - done)
+        if handle.refused:
+            pwrite_all(handle.fd, run[done:], offset + done)
+            return
         buffer[:n] = run[done:done + n]
-        try:
-            written = os.pwrite(handle.direct, memoryview(buffer)[:n], offset + done)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            logger.info("direct writes refused (%s): through the page cache", exc.strerror)
-            written = 0
-        done += written
-        if written < n:
+        if not write_pages(handle.direct, handle.fd, memoryview(buffer)[:n], offset + done):
             handle.refused = True  # not closed: another worker may be writing through it
-    if done < len(run):
-        _pwrite_all(handle.fd, run[done:], offset + done)
+        done += n
 
 
 def write_direct(handle: Handle, data: bytes | bytearray, offset: int) -> bool:
@@ -197,17 +180,17 @@ def write_direct(handle: Handle, data: bytes | bytearray, offset: int) -> bool:
     blob too small to have a whole aligned page) through the page cache. The two never share a
     page, and concurrent writers of neighbouring blobs only meet in the page cache. True if
     a zero block was skipped (see write_sparse)."""
-    start = -(-offset // _ALIGN) * _ALIGN - offset
-    stop = (offset + len(data)) // _ALIGN * _ALIGN - offset
+    start = -(-offset // ALIGN) * ALIGN - offset
+    stop = (offset + len(data)) // ALIGN * ALIGN - offset
     if handle.direct < 0 or handle.refused or stop <= start:
         return write_sparse(handle.fd, data, offset)
     skipped = write_sparse(handle.direct, data, offset, start, stop,
                            lambda run, at: _put_direct(handle, run, at))
     # Short edges, not blocks of SPARSE_BLOCK: never skipped.
     if start:
-        _pwrite_all(handle.fd, memoryview(data)[:start], offset)
+        pwrite_all(handle.fd, memoryview(data)[:start], offset)
     if stop < len(data):
-        _pwrite_all(handle.fd, memoryview(data)[stop:], offset + stop)
+        pwrite_all(handle.fd, memoryview(data)[stop:], offset + stop)
     return skipped
 
 
@@ -472,12 +455,9 @@ class FileWriter:
 
     @staticmethod
     def _open_direct(f: TargetFile, handle: Handle) -> None:
-        if _O_DIRECT and f.node.size >= DIRECT_MIN:
+        if f.node.size >= DIRECT_MIN:
             assert f.tmp is not None
-            try:
-                handle.direct = os.open(f.tmp, _WRITE | _O_DIRECT)
-            except OSError as exc:  # a file system without O_DIRECT (EINVAL): page cache
-                logger.debug("%s: no direct writes (%s)", display(f.rel), exc.strerror)
+            handle.direct = open_direct(f.tmp, _WRITE)
 
     def _close(self, f: TargetFile) -> None:
         handle = self.handles.pop(f.num, None)

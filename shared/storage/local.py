@@ -7,13 +7,14 @@ Construction does no I/O: `LocalStore.create` makes the folders.
 
 import asyncio
 import errno
-import io
 import logging
+import mmap
 import os
 import re
 import secrets
 import stat
 import sys
+import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import contextmanager, suppress
@@ -23,6 +24,7 @@ from typing import Self
 from shared.errors import ObjectNotFound, PermissionDenied, StorageError
 from shared.ids import InvalidName, ObjectInfo, ObjectKey, ObjectKind
 from shared.storage.base import ObjectData, ObjectPiece, check_range, iter_bytes
+from shared.storage.direct import ALIGN, open_direct, pwrite_all, write_pages
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +66,7 @@ class LocalStore:
                 file = await asyncio.shield(creating)
             except asyncio.CancelledError:
                 # The thread still creates the file: close and remove it when it is done.
-                def discard_created(f: asyncio.Future[io.BufferedWriter]) -> None:
+                def discard_created(f: asyncio.Future[_NewObject]) -> None:
                     if not f.cancelled() and f.exception() is None:
                         _discard(f.result(), tmp)
 
@@ -74,7 +76,7 @@ class LocalStore:
             # Errors raised by `data` itself propagate untranslated.
             async for batch in _batches(data):
                 with _os_errors(doing):
-                    await asyncio.to_thread(file.writelines, batch)
+                    await asyncio.to_thread(file.write, batch)
             with _os_errors(doing):
                 stored = await asyncio.to_thread(self._publish, file, tmp, path)
         except BaseException:
@@ -155,12 +157,12 @@ class LocalStore:
         for folder in [*(kind.value for kind in ObjectKind), self._tmp.name]:
             (self._root / folder).mkdir(exist_ok=True)
 
-    def _publish(self, file: io.BufferedWriter, tmp: Path, path: Path) -> bool:
+    def _publish(self, file: "_NewObject", tmp: Path, path: Path) -> bool:
         """Make the finished temp file visible as `path`; False if a concurrent put won."""
-        file.flush()
+        file.finish()
         if self._fsync:
-            os.fsync(file.fileno())
-            drop_cached(file.fileno())
+            os.fsync(file.fd)
+            drop_cached(file.fd)  # the last partial page, or all of it without O_DIRECT
         file.close()
         if path.exists():
             # Same name, same content: keep the first copy untouched (a small window remains
@@ -238,13 +240,110 @@ def drop_cached(fd: int) -> None:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
-def _create_new(path: Path) -> io.BufferedWriter:
-    return open(path, "xb")  # noqa: SIM115 - closed by _publish or _discard
+class _NewObject:
+    """The temp file of a put: whole pages go to the disk with O_DIRECT through a page-aligned
+    buffer of DIRECT_BUFFER bytes (shared/storage/direct.py), the last partial page through
+    the page cache; without O_DIRECT, everything through the page cache. Its methods are
+    called one at a time (from threads), never at once."""
+
+    def __init__(self, path: Path) -> None:
+        flags = os.O_WRONLY | os.O_CLOEXEC
+        self.fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o666)
+        self.direct = open_direct(path, flags)
+        self.buffer = _take_buffer() if self.direct >= 0 else None
+        self.filled = 0  # bytes in the buffer
+        self.offset = 0  # where the buffer's first byte goes in the file
+
+    def write(self, pieces: list[ObjectPiece]) -> None:
+        for piece in pieces:
+            view = memoryview(piece).cast("B")
+            while view:
+                if self.buffer is None:
+                    pwrite_all(self.fd, view, self.offset)
+                    self.offset += len(view)
+                    break
+                n = min(len(view), DIRECT_BUFFER - self.filled)
+                self.buffer[self.filled:self.filled + n] = view[:n]
+                self.filled += n
+                view = view[n:]
+                if self.filled == DIRECT_BUFFER:
+                    self._flush(DIRECT_BUFFER)
+
+    def finish(self) -> None:
+        """Write what the buffer still holds: its whole pages directly, the rest cached."""
+        pages = self.filled // ALIGN * ALIGN
+        if pages:
+            self._flush(pages)
+        if self.buffer is not None and self.filled:
+            with memoryview(self.buffer) as whole:
+                pwrite_all(self.fd, whole[:self.filled], self.offset)
+            self.offset += self.filled
+            self.filled = 0
+
+    def _flush(self, n: int) -> None:
+        """Write the buffer's first `n` bytes (whole pages) and move the rest to its start.
+        If the direct write was refused or short, the rest of the object goes through the
+        page cache (the buffer's remaining bytes at once)."""
+        assert self.buffer is not None
+        with memoryview(self.buffer) as whole:
+            direct = write_pages(self.direct, self.fd, whole[:n], self.offset)
+            self.offset += n
+            self.buffer.move(0, n, self.filled - n)
+            self.filled -= n
+            if not direct:
+                pwrite_all(self.fd, whole[:self.filled], self.offset)
+                self.offset += self.filled
+                self.filled = 0
+        if not direct:
+            self._give_back()
+
+    def close(self) -> None:
+        self._give_back()
+        try:
+            os.close(self.fd)
+        finally:
+            if self.direct >= 0:
+                os.close(self.direct)
+                self.direct = -1
+
+    def _give_back(self) -> None:
+        if self.buffer is not None:
+            _return_buffer(self.buffer)
+            self.buffer = None
 
 
-def _discard(file: io.BufferedWriter, tmp: Path) -> None:
+# Buffers of _NewObject, kept for the next puts: a new one would be new pages to fault in.
+DIRECT_BUFFER = 1 << 20
+_KEEP_BUFFERS = 4
+_free_buffers: list[mmap.mmap] = []
+_buffers_lock = threading.Lock()
+
+
+def _take_buffer() -> mmap.mmap:
+    with _buffers_lock:
+        while _free_buffers:
+            buffer = _free_buffers.pop()
+            if len(buffer) >= DIRECT_BUFFER:
+                return buffer
+            buffer.close()
+    return mmap.mmap(-1, DIRECT_BUFFER)
+
+
+def _return_buffer(buffer: mmap.mmap) -> None:
+    with _buffers_lock:
+        if len(_free_buffers) < _KEEP_BUFFERS:
+            _free_buffers.append(buffer)
+            return
+    buffer.close()
+
+
+def _create_new(path: Path) -> _NewObject:
+    return _NewObject(path)  # closed by _publish or _discard
+
+
+def _discard(file: _NewObject, tmp: Path) -> None:
     """Close and remove the temp file of a failed put, without hiding the original error."""
-    with suppress(OSError):  # flushing a failed put (e.g. disk full) fails again; no news
+    with suppress(OSError):
         file.close()
     try:
         tmp.unlink(missing_ok=True)

@@ -35,6 +35,7 @@ from shared.storage.base import ObjectStore
 from shared.storage.wrappers import ForwardingStore
 from tests.conftest import REPO, make_tree
 from tests.engine.conftest import PASSPHRASE, VaultFactory
+from tests.support.direct_io import FAILURES, watch_direct_writes
 
 T0 = 1_600_000_000_123_456_789  # a mtime with every nanosecond digit set
 
@@ -819,7 +820,7 @@ def test_direct_writes_of_blobs_in_any_order_make_the_file(
     assert not handle.refused
 
 
-@pytest.mark.parametrize("how", ["open refused", "write refused", "short write"])
+@pytest.mark.parametrize("how", FAILURES)
 async def test_direct_writes_fall_back_to_the_page_cache(
         tmp_path: Path, vault_factory: VaultFactory, monkeypatch: pytest.MonkeyPatch,
         how: str) -> None:
@@ -832,36 +833,14 @@ async def test_direct_writes_fall_back_to_the_page_cache(
             "small": rng.randbytes(3000)}
     make_tree(src, spec)
     vault, _, ref = await backed_up(vault_factory, src)
-    real_open, real_pwrite = os.open, os.pwrite
-    direct_fds: set[int] = set()
-    flag = getattr(os, "O_DIRECT", 0)
-
-    def fake_open(path: object, flags: int, *args: object, **kwargs: object) -> int:
-        if flags & flag and how == "open refused":
-            raise OSError(errno.EINVAL, "Invalid argument")
-        fd = real_open(path, flags & ~flag, *args, **kwargs)  # type: ignore[arg-type]
-        if flags & flag:
-            direct_fds.add(fd)
-        return fd
-
-    def fake_pwrite(fd: int, data: memoryview, offset: int) -> int:
-        if fd in direct_fds:
-            if how == "write refused":
-                raise OSError(errno.EINVAL, "Invalid argument")
-            return real_pwrite(fd, data[:4096], offset)  # short
-        return real_pwrite(fd, data, offset)
-
-    monkeypatch.setattr(os, "open", fake_open)
-    monkeypatch.setattr(os, "pwrite", fake_pwrite)
-    if not flag:
-        pytest.skip("no O_DIRECT on this system")
+    seen = watch_direct_writes(monkeypatch, fail=how)
 
     result = await restore(vault, RestorePlan(snapshot=ref, target=tmp_path / "dst"))
 
     assert result.problems == ()
     dst = below(tmp_path / "dst", src)
     assert {rel: (dst / rel).read_bytes() for rel in spec} == spec
-    assert (how == "open refused") == (not direct_fds)
+    assert (how == "open refused") == (not seen.fds)
 
 
 async def test_restore_writes_large_files_directly(tmp_path: Path, vault_factory: VaultFactory,
@@ -875,33 +854,12 @@ async def test_restore_writes_large_files_directly(tmp_path: Path, vault_factory
             "small": rng.randbytes(restore_writer.DIRECT_MIN - 1)}
     make_tree(src, spec)
     vault, _, ref = await backed_up(vault_factory, src)
-    real_open, real_pwrite = os.open, os.pwrite
-    direct: list[bytes] = []
-    direct_fds: set[int] = set()
-    written_directly = 0
-
-    def recording_open(path: bytes, flags: int, *args: int) -> int:
-        fd = real_open(path, flags, *args)
-        if flags & os.O_DIRECT:
-            direct.append(os.path.basename(path).split(TEMP_MARK)[0])
-            direct_fds.add(fd)
-        return fd
-
-    def recording_pwrite(fd: int, data: memoryview, offset: int) -> int:
-        nonlocal written_directly
-        n = real_pwrite(fd, data, offset)
-        if fd in direct_fds:
-            assert offset % 4096 == 0 and n % 4096 == 0
-            written_directly += n
-        return n
-
-    monkeypatch.setattr(os, "open", recording_open)
-    monkeypatch.setattr(os, "pwrite", recording_pwrite)
+    seen = watch_direct_writes(monkeypatch)
     await restore(vault, RestorePlan(snapshot=ref, target=tmp_path / "dst"))
 
-    assert direct == [b".big"]
+    assert [name.split(os.fsdecode(TEMP_MARK))[0] for name in seen.opened] == [".big"]
     # all of it but the unaligned edges of its blobs
-    assert written_directly > len(spec["big"]) - 64 * 4096
+    assert seen.direct > len(spec["big"]) - 64 * 4096
     dst = below(tmp_path / "dst", src)
     assert {rel: (dst / rel).read_bytes() for rel in spec} == spec
 

@@ -1,18 +1,25 @@
 """LocalStore behaviour beyond the contract: folder layout, disk full, temp file cleanup."""
 
+import asyncio
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from shared.hashing import object_id
 from shared.ids import ObjectKey, ObjectKind
+from shared.storage import direct, local
 from shared.storage.local import LocalStore
+from tests.support.direct_io import FAILURES, watch_direct_writes
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -134,3 +141,66 @@ async def test_local_cleanup_temp_removes_only_stale_temp_files(tmp_path: Path) 
 
     assert await store.cleanup_temp(older_than=600) == 1
     assert sorted(p.name for p in (tmp_path / "tmp").iterdir()) == ["new.tmp", "notes.txt"]
+
+
+# ---- direct writes (shared/storage/direct.py) -----------------------------------------------
+
+
+async def _pieces(chunks: list[bytes]) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=st.lists(st.integers(0, 40_000), max_size=12), seed=st.integers(0, 1 << 30))
+def test_local_put_in_odd_pieces_writes_the_object(tmp_path_factory: pytest.TempPathFactory,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   sizes: list[int], seed: int) -> None:
+    """Pieces of any size (empty, unaligned, larger than the direct-write buffer) go through
+    the page-aligned buffer into exactly the object: whole pages with O_DIRECT where the
+    file system takes it, the last partial page through the page cache."""
+    monkeypatch.setattr(local, "DIRECT_BUFFER", 3 * 4096)
+    rng = random.Random(seed)
+    chunks = [rng.randbytes(n) for n in sizes]
+    data = b"".join(chunks)
+    root = tmp_path_factory.mktemp("store")
+
+    async def run() -> bytes:
+        store = await LocalStore.create(root)
+        await store.put(key_for(data), _pieces(chunks))
+        return await store.get(key_for(data))
+
+    assert asyncio.run(run()) == data
+    assert list((root / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("how", FAILURES)
+async def test_local_put_falls_back_to_the_page_cache(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      how: str) -> None:
+    """Without O_DIRECT (refused at open or at a write: EINVAL), or after a short direct
+    write, the rest of the object goes through the page cache, and it is stored exactly."""
+    seen = watch_direct_writes(monkeypatch, fail=how)
+    store = await LocalStore.create(tmp_path)
+    data = os.urandom(3 * local.DIRECT_BUFFER + 12345)
+    await store.put(key_for(data), _pieces([data[:5000], data[5000:]]))
+    assert await store.get(key_for(data)) == data
+    assert (how == "open refused") == (not seen.fds)
+
+
+async def test_local_put_writes_whole_pages_directly(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """All of a pack but its last partial page is written with O_DIRECT, in aligned pieces."""
+    probe = tmp_path / "probe"
+    probe.touch()
+    direct_fd = direct.open_direct(probe, os.O_WRONLY)
+    if direct_fd < 0:
+        pytest.skip("this file system refuses O_DIRECT")
+    os.close(direct_fd)
+    seen = watch_direct_writes(monkeypatch)
+    store = await LocalStore.create(tmp_path / "store")
+    data = os.urandom(5 * local.DIRECT_BUFFER + 777)
+    await store.put(key_for(data), memoryview(data))
+    assert (seen.direct, seen.cached) == (len(data) - 777, 777)
+    assert await store.get(key_for(data)) == data
