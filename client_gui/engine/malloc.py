@@ -9,7 +9,7 @@ in again for the next pack or range, and on a VM that is costly. After every pac
 backup's peak to ~190 MiB but cost ~20 % of the time; after every 8 MiB range of a restore it
 saved ~8 MiB of peak and cost ~0.7 s of system time in 7.5 s. A restore trims once, at its end.
 
-Only glibc has these knobs: elsewhere both functions do nothing.
+Only glibc has these knobs: elsewhere these functions do nothing.
 """
 
 import ctypes
@@ -20,7 +20,13 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 ARENAS = 2
-_M_ARENA_MAX = -8  # from glibc's malloc.h
+_M_TRIM_THRESHOLD = -1  # from glibc's malloc.h
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+# keep_freed: allocations up to this size come from the arenas, not from mmap of their own...
+KEEP_MMAP_BELOW = 32 << 20
+# ...and an arena keeps up to this much free memory at its top instead of handing it back.
+KEEP_TOP = 16 << 20
 _libc: Any = None
 
 
@@ -43,6 +49,19 @@ def tune() -> None:
     libc = _glibc()
     if libc and not libc.mallopt(_M_ARENA_MAX, ARENAS):
         logger.debug("mallopt(M_ARENA_MAX) refused")
+
+
+def keep_freed() -> None:
+    """For a job that allocates and frees buffers of a few MiB over and over (a restore's pack
+    ranges and blobs): keep freed memory for the next buffer instead of giving it back and
+    faulting new pages in (costly on this VM). Fixed thresholds also stop glibc from adapting
+    them. A 2 GiB restore had half the page faults (~120k against ~250k) and took ~4 % less
+    time at the same peak; in a backup the peak grew by 7-10 MiB, so backups do not call it.
+    Call `trim` when the job ends."""
+    libc = _glibc()
+    if libc and not (libc.mallopt(_M_MMAP_THRESHOLD, KEEP_MMAP_BELOW)
+                     and libc.mallopt(_M_TRIM_THRESHOLD, KEEP_TOP)):
+        logger.debug("mallopt(M_MMAP_THRESHOLD, M_TRIM_THRESHOLD) refused")
 
 
 def trim() -> None:

@@ -100,6 +100,7 @@ async def restore(vault: Vault, plan: RestorePlan, *, progress: ProgressSink | N
     run = _RestoreRun(vault, plan, progress or NullSink(), cancel or CancelToken())
     logger.info("restoring snapshot %s to %s", plan.snapshot.id.short(), plan.target)
     entries = await run.collect()
+    malloc.keep_freed()  # ranges and blobs come and go: reuse their pages (trimmed at the end)
     try:
         await run.in_thread(run.make, entries)
         await run.fetch()
