@@ -4,6 +4,7 @@ import argparse
 from pathlib import Path
 
 from client_gui.cli.context import Context
+from client_gui.engine import malloc
 from client_gui.engine.progress import CancelToken
 from client_gui.engine.restore import RestorePlan, restore
 from shared.units import human_size
@@ -28,6 +29,7 @@ async def run(ctx: Context, cancel: CancelToken) -> int:
         ref = await vault.find_snapshot(args.snapshot)
         plan = RestorePlan(snapshot=ref, target=Path(args.target).absolute(),
                            include=tuple(args.path), overwrite=args.overwrite)
+        malloc.keep_freed()  # this process only restores: reuse freed ranges' pages
         result = await restore(vault, plan, progress=out, cancel=cancel)
     out.stop_progress()
     out.emit({"type": "summary", "snapshot_id": ref.id.hex(), "files": result.files,

@@ -57,7 +57,8 @@ def keep_freed() -> None:
     faulting new pages in (costly on this VM). Fixed thresholds also stop glibc from adapting
     them. A 2 GiB restore had half the page faults (~120k against ~250k) and took ~4 % less
     time at the same peak; in a backup the peak grew by 7-10 MiB, so backups do not call it.
-    Call `trim` when the job ends."""
+    The settings are the whole process's and stay: the `restore` command calls it, a process
+    that only restores; a long-lived app does not."""
     libc = _glibc()
     if libc and not (libc.mallopt(_M_MMAP_THRESHOLD, KEEP_MMAP_BELOW)
                      and libc.mallopt(_M_TRIM_THRESHOLD, KEEP_TOP)):

@@ -18,6 +18,7 @@ from shared.compression import compress
 from shared.format.blob import blob_aad, seal_into, sealed_size
 from shared.format.pack import PackEntry, PackWriter
 from shared.ids import BlobType, ObjectId, ObjectKey, ObjectKind
+from shared.storage.direct import anonymous_buffer
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +165,8 @@ class Packer:
         if pooled and self.free_buffers:
             buffer = self.free_buffers.pop()
         else:
-            buffer = _anonymous_buffer(max(self.buffer_size, at_least + self.header_room))
+            # private pages that exist only once written: a pack rarely fills its buffer
+            buffer = anonymous_buffer(max(self.buffer_size, at_least + self.header_room))
         return _OpenPack(PackWriter(blob_type, buffer))
 
     def _close(self, pack: "_OpenPack") -> "_OpenPack | None":
@@ -287,10 +289,3 @@ class _OpenPack:
         if not sealed:
             self.broken = True
         return self.closed and self.filling == 0 and not self.broken
-
-
-def _anonymous_buffer(size: int) -> mmap.mmap:
-    """Zeroed private memory whose pages exist only once written (a pack rarely fills it)."""
-    if hasattr(mmap, "MAP_PRIVATE"):
-        return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    return mmap.mmap(-1, size)  # Windows: the paging file backs it

@@ -8,9 +8,11 @@ behind, never talks to the user: problems go to the ProgressSink and the result.
 """
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
+import secrets
 import stat
 import threading
 import time
@@ -100,7 +102,6 @@ async def restore(vault: Vault, plan: RestorePlan, *, progress: ProgressSink | N
     run = _RestoreRun(vault, plan, progress or NullSink(), cancel or CancelToken())
     logger.info("restoring snapshot %s to %s", plan.snapshot.id.short(), plan.target)
     entries = await run.collect()
-    malloc.keep_freed()  # ranges and blobs come and go: reuse their pages (trimmed at the end)
     try:
         await run.in_thread(run.make, entries)
         await run.fetch()
@@ -141,8 +142,10 @@ class _RestoreRun:
         self.needed: dict[bytes, BlobLocation] = {}
         self.dirs: list[tuple[bytes, Node]] = []
         # Directories (rel; b"" is the target) this run created: nothing can be in the way
-        # inside them, so their entries need no lstat (one syscall less per file).
+        # inside them, so their entries need no lstat (one syscall less per file). Only where
+        # the file system keeps names exactly (see _names_exact).
         self.fresh: set[bytes] = set()
+        self.names_exact = False
         self.problems: list[ItemProblem] = []
         self.files_total = 0
         self.files_done = 0
@@ -262,8 +265,13 @@ class _RestoreRun:
     # ---- directories, links, special files, file set-up (worker thread) -------------------
 
     def make(self, entries: list[tuple[bytes, Node]]) -> None:
-        if not os.path.lexists(self.target):
+        try:
             os.makedirs(self.target)
+            created = True
+        except FileExistsError:
+            created = False
+        self.names_exact = _names_exact(self.target)
+        if created and self.names_exact:
             self.fresh.add(b"")
         self.files_total = sum(1 for _, n in entries
                                if n.type not in (NodeType.DIR, NodeType.SOCKET))
@@ -293,7 +301,8 @@ class _RestoreRun:
     def _make_dir(self, rel: bytes, path: bytes) -> bool:
         try:
             os.mkdir(path, 0o700)  # the real mode is set at the end, deepest first
-            self.fresh.add(rel)
+            if self.names_exact:
+                self.fresh.add(rel)
             return True
         except FileExistsError:
             st = os.lstat(path)
@@ -340,8 +349,13 @@ class _RestoreRun:
             return True
         if not self._may_replace(rel, st):
             return False
-        tmp = temp_path(path)
-        create_special(node, tmp)
+        while True:
+            tmp = temp_path(path)
+            try:
+                create_special(node, tmp)
+                break
+            except FileExistsError:
+                continue  # a name taken (see restore_writer._TEMP_TAG): the next one
         try:
             os.rename(tmp, path)
         except BaseException:
@@ -477,7 +491,7 @@ class _RestoreRun:
                 self.writer.fail(f, f"not restored: {reason}")
 
     def deliver(self, blob_id: ObjectId, plain: bytes | bytearray) -> None:
-        zero = is_zero(plain)  # not written: the preallocated file reads as zeros (sparse)
+        zero = is_zero(plain)  # not written: the file reads as zeros there (sparse)
         targets: list[tuple[TargetFile, int, Handle]] = []
         whole: list[tuple[TargetFile, int]] = []  # files made of this one blob (see write_whole)
         with self.lock:
@@ -507,10 +521,15 @@ class _RestoreRun:
                 raise
             with self.lock:
                 self.writer.unpin(handle)
-                if self._written(f, len(plain)):
-                    f.holes |= holes
-                    if f.remaining == 0:
-                        self.writer.complete(f)
+                try:
+                    if self._written(f, len(plain)):
+                        f.holes |= holes
+                        if f.remaining == 0:
+                            self.writer.complete(f)
+                except BaseException:  # cancelled or failed: unpin the targets not written
+                    for *_, rest in targets[i + 1:]:
+                        self.writer.unpin(rest)
+                    raise
         for f, offset in whole:
             failed = self.writer.write_whole(f, plain, offset, zero=zero)
             with self.lock:
@@ -536,3 +555,23 @@ class _RestoreRun:
             self.check()
             self.writer.special_meta(path[len(self.target) + 1:], path, node)
             self.dirs_done += 1
+
+
+def _names_exact(folder: bytes) -> bool:
+    """Whether names in `folder` are kept exactly: not folded to one case, not normalized
+    (macOS, Windows, ext4 with casefold). Where they are not, two names of a snapshot can be
+    one entry, so the entries of a directory the restore created must still be looked up.
+    Made once per restore with a probe file; False if it cannot be made."""
+    probe = folder + b"/.cairn-probe-" + secrets.token_hex(4).encode("ascii") + b"-A\xc3\xa9"
+    try:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        os.close(os.open(probe, flags, 0o600))
+    except OSError:
+        return False
+    try:
+        folded = probe[:-3] + b"a\xc3\xa9"  # another case
+        decomposed = probe[:-2] + b"e\xcc\x81"  # NFD of the same letter
+        return not (os.path.lexists(folded) or os.path.lexists(decomposed))
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(probe)

@@ -2,18 +2,17 @@
 into place and hard links (or copies where links are refused).
 
 It never reads the vault and decides nothing (what to restore, whether to overwrite): the
-restore run calls it, holding the run's lock around every FileWriter method but special_meta.
+restore run calls it, holding the run's lock around every FileWriter method but special_meta,
+write_at and write_whole.
 """
 
 import contextlib
 import errno
 import itertools
 import logging
-import mmap
 import os
 import secrets
 import stat
-import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from typing import Final
 from client_gui.engine.walk import display
 from shared.errors import Cancelled
 from shared.format.tree import Node, NodeType
-from shared.storage.direct import ALIGN, open_direct, pwrite_all, write_pages
+from shared.storage import direct
 from shared.storage.local import drop_cached
 
 logger = logging.getLogger(__name__)
@@ -39,11 +38,10 @@ DROP_MIN = 1 << 20
 DROP_AFTER = 64 << 20
 # Files of at least DIRECT_MIN bytes are written with O_DIRECT where the system has it (see
 # shared/storage/direct.py): the page-aligned middle of each blob goes to the disk through a
-# page-aligned bounce buffer of DIRECT_PIECE bytes per writing thread, and only the edges
-# (under a page at each end of a blob) and the small files go through the page cache.
+# pooled page-aligned buffer, and only the edges (under a page at each end of a blob) and the
+# small files go through the page cache.
 DIRECT_MIN = 1 << 20
-DIRECT_PIECE = 1 << 20
-_WRITE: Final = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_WRITE: Final = os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 # Aligned all-zero blocks of this size inside a blob are not written, so holes in the file
 # (a disk image, a database) stay holes after restore even where a chunk spans data and hole.
 SPARSE_BLOCK = 64 << 10
@@ -75,7 +73,7 @@ class TargetFile:
     tmp: bytes | None = None
     failed: bool = False
     done: bool = False
-    holes: bool = False  # a zero block or blob was not written (see FileWriter._open_temp)
+    holes: bool = False  # a zero block or blob was not written (see FileWriter._create)
     links: list[HardLink] = field(default_factory=list)  # hard links made once it is complete
 
 
@@ -83,8 +81,9 @@ def is_zero(data: bytes | bytearray) -> bool:
     return not data or (data[0] == 0 and data[-1] == 0 and data.count(0) == len(data))
 
 
-# Temp names end in a random tag per process and a counter: unguessable like a random name per
-# file, without a getrandom call per file (creation is O_EXCL: a name taken is skipped).
+# Temp names end in a random tag per process and a counter: no getrandom call per file. They
+# cannot be guessed before the run starts, but once one is seen the next ones can: a name
+# already taken is skipped (files are created O_EXCL; links and special files retry too).
 _TEMP_TAG = secrets.token_hex(6)
 _temp_numbers = itertools.count()
 
@@ -102,12 +101,12 @@ PutFn = Callable[[memoryview, int], None]
 
 def write_sparse(fd: int, data: bytes | bytearray, offset: int, lo: int = 0,
                  hi: int | None = None, put: PutFn | None = None) -> bool:
-    """Write data[lo:hi] (data's first byte belongs at `offset`) into a file preallocated with
-    zeros, skipping aligned zero blocks (they stay holes). Runs go to `put`, or to `fd`.
-    True if a block was skipped."""
+    """Write data[lo:hi] (data's first byte belongs at `offset`) into a file that reads as
+    zeros where nothing was written, skipping aligned zero blocks (they stay holes). Runs go
+    to `put`, or to `fd`. True if a block was skipped."""
     hi = len(data) if hi is None else hi
     if put is None:
-        put = lambda run, at: pwrite_all(fd, run, at)  # noqa: E731
+        put = lambda run, at: direct.pwrite_all(fd, run, at)  # noqa: E731
     view = memoryview(data)
     pending = lo  # start of the run of data still to be written
     skipped = False
@@ -147,32 +146,25 @@ class Handle:
                 os.close(self.direct)
 
 
-_bounce = threading.local()
-
-
-def _bounce_buffer() -> mmap.mmap:
-    """This thread's page-aligned buffer for direct writes (made once, reused)."""
-    buffer: mmap.mmap | None = getattr(_bounce, "buffer", None)
-    if buffer is None or len(buffer) < DIRECT_PIECE:
-        buffer = _bounce.buffer = mmap.mmap(-1, DIRECT_PIECE)
-    return buffer
-
-
 def _put_direct(handle: Handle, run: memoryview, offset: int) -> None:
-    """Write a page-aligned run (aligned offset and length) with O_DIRECT, DIRECT_PIECE bytes
-    at a time. Once a direct write is refused or short (write_pages), the rest of the file
-    goes through the page cache."""
-    buffer = _bounce_buffer()
-    done = 0
-    while done < len(run):
-        n = min(DIRECT_PIECE, len(run) - done)
-        if handle.refused:
-            pwrite_all(handle.fd, run[done:], offset + done)
-            return
-        buffer[:n] = run[done:done + n]
-        if not write_pages(handle.direct, handle.fd, memoryview(buffer)[:n], offset + done):
-            handle.refused = True  # not closed: another worker may be writing through it
-        done += n
+    """Write a page-aligned run (aligned offset and length) with O_DIRECT, direct.PIECE bytes
+    at a time through a pooled buffer. Once a direct write is refused or short (write_pages),
+    the rest of the file goes through the page cache."""
+    buffer = direct.take_buffer()
+    try:
+        done = 0
+        while done < len(run):
+            n = min(direct.PIECE, len(run) - done)
+            if handle.refused:
+                direct.pwrite_all(handle.fd, run[done:], offset + done)
+                return
+            buffer[:n] = run[done:done + n]
+            with memoryview(buffer) as whole:
+                if not direct.write_pages(handle.direct, handle.fd, whole[:n], offset + done):
+                    handle.refused = True  # not closed: another worker may write through it
+            done += n
+    finally:
+        direct.give_back(buffer)
 
 
 def write_direct(handle: Handle, data: bytes | bytearray, offset: int) -> bool:
@@ -180,17 +172,17 @@ def write_direct(handle: Handle, data: bytes | bytearray, offset: int) -> bool:
     blob too small to have a whole aligned page) through the page cache. The two never share a
     page, and concurrent writers of neighbouring blobs only meet in the page cache. True if
     a zero block was skipped (see write_sparse)."""
-    start = -(-offset // ALIGN) * ALIGN - offset
-    stop = (offset + len(data)) // ALIGN * ALIGN - offset
+    start = -(-offset // direct.ALIGN) * direct.ALIGN - offset
+    stop = (offset + len(data)) // direct.ALIGN * direct.ALIGN - offset
     if handle.direct < 0 or handle.refused or stop <= start:
         return write_sparse(handle.fd, data, offset)
     skipped = write_sparse(handle.direct, data, offset, start, stop,
                            lambda run, at: _put_direct(handle, run, at))
     # Short edges, not blocks of SPARSE_BLOCK: never skipped.
     if start:
-        pwrite_all(handle.fd, memoryview(data)[:start], offset)
+        direct.pwrite_all(handle.fd, memoryview(data)[:start], offset)
     if stop < len(data):
-        pwrite_all(handle.fd, memoryview(data)[stop:], offset + stop)
+        direct.pwrite_all(handle.fd, memoryview(data)[stop:], offset + stop)
     return skipped
 
 
@@ -209,11 +201,12 @@ class FileWriter:
     """Temp files of one restore run: written, completed (metadata, rename, links) or failed.
 
     `placed()` is called once for every name put in place (a file or one of its hard links).
-    Every method is called with the restore run's lock held, except `write_at`: a worker pins
-    the file's descriptor under the lock, writes without it (side by side with the other
-    worker) and unpins it under the lock. A pinned descriptor is never closed under the
-    writer's feet (a closed number reused by another file would take its bytes): closing it
-    waits until it is unpinned.
+    Every method is called with the restore run's lock held, except `write_at` and
+    `write_whole`: a worker pins the file's descriptors under the lock, writes without it
+    (side by side with the other worker) and unpins them under the lock. A pinned descriptor
+    is never closed under the writer's feet (a closed number reused by another file would take
+    its bytes): closing it waits until it is unpinned. `write_whole` restores a file no other
+    worker can touch, from creation to rename (see there).
     """
 
     def __init__(self, *, owners: bool, problem: ProblemFn, placed: Callable[[], None]) -> None:
@@ -340,21 +333,31 @@ class FileWriter:
 
     def link(self, f: TargetFile, link: HardLink) -> None:
         """Make `link` another name of the restored file `f` (a copy if links are refused)."""
-        tmp = temp_path(link.path)
-        self.temps.add(tmp)
-        try:
-            os.link(f.path, tmp)
-        except OSError as exc:
-            if exc.errno not in (errno.EMLINK, errno.EPERM, errno.EXDEV, errno.ENOTSUP):
-                exc.filename = link.path
-                raise
-            logger.info("%s: hard link refused (%s), copying", display(link.rel), exc.strerror)
-            self._copy(f, tmp)
+        tmp = self._link_temp(f, link)
         os.rename(tmp, link.path)
         if os.path.lexists(tmp):  # rename between two names of one file does nothing
             os.unlink(tmp)
         self.temps.discard(tmp)
         self.placed()
+
+    def _link_temp(self, f: TargetFile, link: HardLink) -> bytes:
+        """A new temp name beside `link` that is another name of `f`, or a copy of it."""
+        while True:
+            tmp = temp_path(link.path)
+            self.temps.add(tmp)
+            try:
+                os.link(f.path, tmp)
+                return tmp
+            except FileExistsError:
+                self.temps.discard(tmp)  # a name taken (see _TEMP_TAG): the next one
+            except OSError as exc:
+                if exc.errno not in (errno.EMLINK, errno.EPERM, errno.EXDEV, errno.ENOTSUP):
+                    exc.filename = link.path
+                    raise
+                logger.info("%s: hard link refused (%s), copying", display(link.rel),
+                            exc.strerror)
+                self._copy(f, tmp)
+                return tmp
 
     def discard(self) -> None:
         """Close every open temp file and remove every temp file not yet renamed into place."""
@@ -428,7 +431,8 @@ class FileWriter:
         return handle
 
     def _create(self, f: TargetFile) -> Handle:
-        """Create f's temp file (safe without the run's lock: see discard)."""
+        """Create f's temp file (safe without the run's lock: see discard). Errors name the
+        file the user knows, not its temp name."""
         while True:
             tmp = temp_path(f.path)
             self.temps.add(tmp)
@@ -437,19 +441,25 @@ class FileWriter:
                 break
             except FileExistsError:
                 self.temps.discard(tmp)
+            except OSError as exc:
+                exc.filename = f.path
+                raise
         f.tmp = tmp
         handle = Handle(fd)
         try:
             if self.closed:  # discard() ran before the file existed: nobody else removes it
-                os.unlink(tmp)
+                with contextlib.suppress(FileNotFoundError):  # unless it ran since
+                    os.unlink(tmp)
                 raise Cancelled("cancelled")
             # Holes stay holes: zero blocks are not written. A small file (most often a single
             # blob) gets its size from its writes, or from _seal if it ends in a hole.
             if f.node.size >= DIRECT_MIN:
                 os.ftruncate(fd, f.node.size)
             self._open_direct(f, handle)
-        except BaseException:
+        except BaseException as exc:
             handle.close()
+            if isinstance(exc, OSError):
+                exc.filename = f.path
             raise
         return handle
 
@@ -457,7 +467,7 @@ class FileWriter:
     def _open_direct(f: TargetFile, handle: Handle) -> None:
         if f.node.size >= DIRECT_MIN:
             assert f.tmp is not None
-            handle.direct = open_direct(f.tmp, _WRITE)
+            handle.direct = direct.open_direct(f.tmp, _WRITE)
 
     def _close(self, f: TargetFile) -> None:
         handle = self.handles.pop(f.num, None)

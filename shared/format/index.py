@@ -7,6 +7,7 @@ An index object is sealed msgpack {"v": 1, "packs": [[pack_id, [[type, id, off, 
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 
+from shared.compression import DEFAULT_LEVEL
 from shared.errors import IntegrityError, UnsupportedFormat
 from shared.format.blob import decode_sealed, encode_sealed
 from shared.format.codec import field, id_bytes, pack, unpack
@@ -33,7 +34,7 @@ def encode_index(key: bytes, segment: IndexSegment) -> bytes:
         ],
         "supersedes": [s.raw for s in sorted(segment.supersedes)],
     }
-    return encode_sealed(key, pack(body), INDEX_AAD, 3)
+    return encode_sealed(key, pack(body), INDEX_AAD, DEFAULT_LEVEL)
 
 
 def decode_index(key: bytes, data: bytes, what: str = "index") -> IndexSegment:

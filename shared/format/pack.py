@@ -11,6 +11,7 @@ import struct
 import sys
 from typing import NamedTuple
 
+from shared.compression import DEFAULT_LEVEL
 from shared.errors import IntegrityError, UnsupportedFormat
 from shared.format.blob import decode_sealed, encode_sealed
 from shared.format.codec import field, id_bytes, pack, unpack
@@ -121,7 +122,7 @@ def encode_header(key: bytes, entries: list[PackEntry]) -> bytes:
         "v": PACK_VERSION,
         "blobs": [[int(e.type), e.id.raw, e.offset, e.length, e.raw_length] for e in entries],
     }
-    return encode_sealed(key, pack(body), HEADER_AAD, 3)
+    return encode_sealed(key, pack(body), HEADER_AAD, DEFAULT_LEVEL)
 
 
 def header_length(trailer: bytes) -> int:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from dataclasses import field as dc_field
 from typing import Any
 
+from shared.compression import DEFAULT_LEVEL
 from shared.errors import IntegrityError, UnsupportedFormat
 from shared.format.blob import decode_sealed, encode_sealed
 from shared.format.codec import field, id_bytes, opt_field, pack, unpack
@@ -72,7 +73,7 @@ def encode_snapshot(key: bytes, snap: Snapshot) -> bytes:
     }
     plain_packs = pack([p.raw for p in sorted(set(snap.packs))])
     aad = SNAPSHOT_AAD + object_id(plain_packs).raw
-    sealed = encode_sealed(key, pack(body), aad, 3)
+    sealed = encode_sealed(key, pack(body), aad, DEFAULT_LEVEL)
     return pack([MAGIC, SNAPSHOT_VERSION, [p.raw for p in sorted(set(snap.packs))], sealed])
 
 

@@ -17,17 +17,52 @@ import errno
 import logging
 import mmap
 import os
+import threading
 from typing import Final
 
 logger = logging.getLogger(__name__)
 
 ALIGN: Final = max(4096, mmap.PAGESIZE)  # offsets, lengths and buffers of direct writes
 O_DIRECT: Final = getattr(os, "O_DIRECT", 0)  # 0: not on this system
+PIECE = 1 << 20  # the most a direct write takes at once: the size of the pooled buffers
+_KEEP = 4  # pooled buffers kept for the next writes (a new one is new pages to fault in)
+_pool: list[mmap.mmap] = []
+_pool_lock = threading.Lock()
+
+
+def anonymous_buffer(size: int) -> mmap.mmap:
+    """Zeroed private memory, page-aligned, whose pages exist only once written."""
+    if hasattr(mmap, "MAP_PRIVATE"):
+        return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return mmap.mmap(-1, size)  # Windows: the paging file backs it
+
+
+def take_buffer() -> mmap.mmap:
+    """A page-aligned buffer of at least PIECE bytes, from the pool if it has one."""
+    with _pool_lock:
+        while _pool:
+            buffer = _pool.pop()
+            if len(buffer) >= PIECE:
+                return buffer
+    return anonymous_buffer(PIECE)
+
+
+def give_back(buffer: mmap.mmap) -> None:
+    """Return a buffer from take_buffer. One the pool does not keep is left to the garbage
+    collector, not closed: a view of it may still live (in a traceback, say)."""
+    with _pool_lock:
+        if len(_pool) < _KEEP:
+            _pool.append(buffer)
 
 
 def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
     """Write all of `data` at `offset` (pwrite may write less than asked)."""
     view = memoryview(data)
+    if not hasattr(os, "pwrite"):  # Windows
+        os.lseek(fd, offset, os.SEEK_SET)
+        while view:
+            view = view[os.write(fd, view):]
+        return
     while view:
         n = os.pwrite(fd, view, offset)
         view = view[n:]

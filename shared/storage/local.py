@@ -14,7 +14,6 @@ import re
 import secrets
 import stat
 import sys
-import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import contextmanager, suppress
@@ -23,8 +22,8 @@ from typing import Self
 
 from shared.errors import ObjectNotFound, PermissionDenied, StorageError
 from shared.ids import InvalidName, ObjectInfo, ObjectKey, ObjectKind
+from shared.storage import direct
 from shared.storage.base import ObjectData, ObjectPiece, check_range, iter_bytes
-from shared.storage.direct import ALIGN, open_direct, pwrite_all, write_pages
 
 logger = logging.getLogger(__name__)
 
@@ -241,16 +240,23 @@ def drop_cached(fd: int) -> None:
 
 
 class _NewObject:
-    """The temp file of a put: whole pages go to the disk with O_DIRECT through a page-aligned
-    buffer of DIRECT_BUFFER bytes (shared/storage/direct.py), the last partial page through
-    the page cache; without O_DIRECT, everything through the page cache. Its methods are
-    called one at a time (from threads), never at once."""
+    """The temp file of a put: whole pages go to the disk with O_DIRECT through a pooled
+    page-aligned buffer (shared/storage/direct.py), the last partial page through the page
+    cache; without O_DIRECT, everything through the page cache. The direct descriptor is
+    opened with the first whole buffer, so small objects (index, snapshots) never open one.
+    Its methods are called one at a time (from threads), never at once."""
 
     def __init__(self, path: Path) -> None:
-        flags = os.O_WRONLY | os.O_CLOEXEC
-        self.fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o666)
-        self.direct = open_direct(path, flags)
-        self.buffer = _take_buffer() if self.direct >= 0 else None
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_CREAT | os.O_EXCL, 0o666)
+        self.direct: int | None = None  # None: not opened yet; -1: none (refused)
+        self.buffer: mmap.mmap | None = None
+        if direct.O_DIRECT:
+            try:
+                self.buffer = direct.take_buffer()
+            except BaseException:
+                os.close(self.fd)
+                raise
         self.filled = 0  # bytes in the buffer
         self.offset = 0  # where the buffer's first byte goes in the file
 
@@ -259,82 +265,63 @@ class _NewObject:
             view = memoryview(piece).cast("B")
             while view:
                 if self.buffer is None:
-                    pwrite_all(self.fd, view, self.offset)
+                    direct.pwrite_all(self.fd, view, self.offset)
                     self.offset += len(view)
                     break
-                n = min(len(view), DIRECT_BUFFER - self.filled)
+                n = min(len(view), direct.PIECE - self.filled)
                 self.buffer[self.filled:self.filled + n] = view[:n]
                 self.filled += n
                 view = view[n:]
-                if self.filled == DIRECT_BUFFER:
-                    self._flush(DIRECT_BUFFER)
+                if self.filled == direct.PIECE:
+                    self._flush(direct.PIECE)
 
     def finish(self) -> None:
         """Write what the buffer still holds: its whole pages directly, the rest cached."""
-        pages = self.filled // ALIGN * ALIGN
+        pages = self.filled // direct.ALIGN * direct.ALIGN
         if pages:
             self._flush(pages)
         if self.buffer is not None and self.filled:
             with memoryview(self.buffer) as whole:
-                pwrite_all(self.fd, whole[:self.filled], self.offset)
+                direct.pwrite_all(self.fd, whole[:self.filled], self.offset)
             self.offset += self.filled
             self.filled = 0
 
     def _flush(self, n: int) -> None:
         """Write the buffer's first `n` bytes (whole pages) and move the rest to its start.
-        If the direct write was refused or short, the rest of the object goes through the
-        page cache (the buffer's remaining bytes at once)."""
+        If direct writes are refused (at open or at this write) or this one is short, the
+        rest of the object goes through the page cache (the buffer's remaining bytes now)."""
         assert self.buffer is not None
+        if self.direct is None:
+            self.direct = direct.open_direct(self.path, os.O_WRONLY | os.O_CLOEXEC)
         with memoryview(self.buffer) as whole:
-            direct = write_pages(self.direct, self.fd, whole[:n], self.offset)
+            through = (self.direct >= 0
+                       and direct.write_pages(self.direct, self.fd, whole[:n], self.offset))
+            if not through and self.direct < 0:
+                direct.pwrite_all(self.fd, whole[:n], self.offset)
             self.offset += n
             self.buffer.move(0, n, self.filled - n)
             self.filled -= n
-            if not direct:
-                pwrite_all(self.fd, whole[:self.filled], self.offset)
+            if not through:
+                direct.pwrite_all(self.fd, whole[:self.filled], self.offset)
                 self.offset += self.filled
                 self.filled = 0
-        if not direct:
+        if not through:
             self._give_back()
 
     def close(self) -> None:
-        self._give_back()
+        """Close both descriptors (once: a second call does nothing) and pool the buffer."""
+        fds = [fd for fd in (self.fd, self.direct) if fd is not None and fd >= 0]
+        self.fd = self.direct = -1
         try:
-            os.close(self.fd)
+            for fd in fds:
+                os.close(fd)
         finally:
-            if self.direct >= 0:
-                os.close(self.direct)
-                self.direct = -1
+            self._give_back()
 
     def _give_back(self) -> None:
         if self.buffer is not None:
-            _return_buffer(self.buffer)
+            direct.give_back(self.buffer)
             self.buffer = None
-
-
-# Buffers of _NewObject, kept for the next puts: a new one would be new pages to fault in.
-DIRECT_BUFFER = 1 << 20
-_KEEP_BUFFERS = 4
-_free_buffers: list[mmap.mmap] = []
-_buffers_lock = threading.Lock()
-
-
-def _take_buffer() -> mmap.mmap:
-    with _buffers_lock:
-        while _free_buffers:
-            buffer = _free_buffers.pop()
-            if len(buffer) >= DIRECT_BUFFER:
-                return buffer
-            buffer.close()
-    return mmap.mmap(-1, DIRECT_BUFFER)
-
-
-def _return_buffer(buffer: mmap.mmap) -> None:
-    with _buffers_lock:
-        if len(_free_buffers) < _KEEP_BUFFERS:
-            _free_buffers.append(buffer)
-            return
-    buffer.close()
 
 
 def _create_new(path: Path) -> _NewObject:

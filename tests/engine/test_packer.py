@@ -84,13 +84,13 @@ async def test_pack_buffers_are_kept_and_reused(vault_factory: VaultFactory,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     vault, _ = await vault_factory.create(pack_size=PACK_SIZE)
     made: list[int] = []
-    real = packer_module._anonymous_buffer
+    real = packer_module.anonymous_buffer
 
     def counted(size: int) -> mmap.mmap:
         made.append(size)
         return real(size)
 
-    monkeypatch.setattr(packer_module, "_anonymous_buffer", counted)
+    monkeypatch.setattr(packer_module, "anonymous_buffer", counted)
     packer = _packer(vault)
     await asyncio.to_thread(partial(_feed, packer, vault, _blobs(200, seed=2), 1, pool=False))
     assert len(await vault.list_packs()) > 10

@@ -5,7 +5,6 @@ folder, then compared entry by entry (type, contents, mode, mtime in ns, links, 
 import asyncio
 import errno
 import hashlib
-import mmap
 import os
 import random
 import stat
@@ -31,11 +30,12 @@ from client_gui.engine.walk import display, walk
 from shared.errors import Cancelled, UsageError
 from shared.format.tree import Node, NodeType
 from shared.ids import BlobType, ObjectId, ObjectKey, ObjectKind
+from shared.storage import direct
 from shared.storage.base import ObjectStore
 from shared.storage.wrappers import ForwardingStore
 from tests.conftest import REPO, make_tree
 from tests.engine.conftest import PASSPHRASE, VaultFactory
-from tests.support.direct_io import FAILURES, watch_direct_writes
+from tests.support.direct_io import FAILURES, direct_works, watch_direct_writes
 
 T0 = 1_600_000_000_123_456_789  # a mtime with every nanosecond digit set
 
@@ -761,23 +761,6 @@ def test_restored_files_leave_the_page_cache(tmp_path: Path,
 # ---- direct writes, whole files, fresh targets ----------------------------------------------
 
 
-def _direct_works(folder: Path) -> bool:
-    """Whether this file system takes O_DIRECT writes (tmpfs before Linux 6.6 does not)."""
-    probe = folder / "direct-probe"
-    try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | getattr(os, "O_DIRECT", 0), 0o600)
-    except OSError:
-        return False
-    try:
-        os.pwrite(fd, memoryview(mmap.mmap(-1, 4096)), 0)
-        return bool(getattr(os, "O_DIRECT", 0))
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-        probe.unlink()
-
-
 def _pieces(data: bytes, cuts: list[int]) -> list[tuple[int, bytes]]:
     bounds = [0, *sorted({c % len(data) for c in cuts} - {0}), len(data)]
     return [(a, data[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)]
@@ -797,7 +780,7 @@ def test_direct_writes_of_blobs_in_any_order_make_the_file(
     """Blobs cut anywhere (unaligned edges, zero blocks, blobs within one page) and written in
     any order through a Handle with an O_DIRECT descriptor give exactly the file; aligned zero
     blocks stay holes. Small direct pieces exercise the bounce buffer's loop."""
-    monkeypatch.setattr(restore_writer, "DIRECT_PIECE", 3 * 4096)
+    monkeypatch.setattr(direct, "PIECE", 3 * 4096)
     rng = random.Random(seed)
     parts = {"random": lambda: rng.randbytes(BLOCK + 777), "zero": lambda: bytes(2 * BLOCK),
              "text": lambda: b"line of text\n" * 5000}
@@ -807,7 +790,7 @@ def test_direct_writes_of_blobs_in_any_order_make_the_file(
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     os.ftruncate(fd, len(data))
     handle = restore_writer.Handle(fd)
-    if _direct_works(folder):
+    if direct_works(folder):
         handle.direct = os.open(path, os.O_WRONLY | os.O_DIRECT)
     pieces = _pieces(data, cuts)
     rng.shuffle(pieces)
@@ -840,13 +823,13 @@ async def test_direct_writes_fall_back_to_the_page_cache(
     assert result.problems == ()
     dst = below(tmp_path / "dst", src)
     assert {rel: (dst / rel).read_bytes() for rel in spec} == spec
-    assert (how == "open refused") == (not seen.fds)
+    assert (how == "open refused") == (not seen.opened)
 
 
 async def test_restore_writes_large_files_directly(tmp_path: Path, vault_factory: VaultFactory,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Files of DIRECT_MIN bytes or more get an O_DIRECT descriptor; smaller ones do not."""
-    if not _direct_works(tmp_path):
+    if not direct_works(tmp_path):
         pytest.skip("this file system refuses O_DIRECT")
     src = tmp_path / "src"
     rng = random.Random(6)
@@ -901,7 +884,8 @@ async def test_a_fresh_target_needs_no_lstat_per_file(tmp_path: Path,
     monkeypatch.setattr(os, "lstat", counting_lstat)
     fresh = tmp_path / "fresh"
     await restore(vault, RestorePlan(snapshot=ref, target=fresh))
-    assert not [p for p in looked if p.startswith(bytes(fresh) + b"/")]
+    assert not [p for p in looked if p.startswith(bytes(fresh) + b"/")
+                and b"/.cairn-probe-" not in p]  # the one probe of how names are kept
 
     existing = tmp_path / "existing"
     kept = below(existing, src) / "d1" / "f001"
@@ -956,3 +940,21 @@ def test_temp_names_are_unique_without_a_random_call_each(
     names = {restore_writer.temp_path(b"/t/" + b"n" * 300) for _ in range(1000)}
     assert len(names) == 1000
     assert all(len(n.rpartition(b"/")[2]) <= 255 and TEMP_MARK in n for n in names)
+
+
+def test_names_exact_probes_case_and_normalization(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where another case or the decomposed form of a name finds the same entry (macOS,
+    Windows, ext4 casefold), entries of new directories are still looked up; the probe
+    leaves nothing behind, and an unwritable target just means "look everything up"."""
+    from client_gui.engine.restore import _names_exact
+
+    folder = os.fsencode(tmp_path)
+    assert _names_exact(folder)  # this machine's ext4 keeps names exactly
+    real = os.path.lexists
+    for alias in (b"a\xc3\xa9", b"Ae\xcc\x81"):
+        monkeypatch.setattr(os.path, "lexists",
+                            lambda p, alias=alias: p.endswith(alias) or real(p))
+        assert not _names_exact(folder)
+    assert not _names_exact(folder + b"/missing")
+    assert list(tmp_path.iterdir()) == []

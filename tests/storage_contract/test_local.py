@@ -1,6 +1,7 @@
 """LocalStore behaviour beyond the contract: folder layout, disk full, temp file cleanup."""
 
 import asyncio
+import errno
 import json
 import os
 import random
@@ -15,11 +16,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from shared.errors import StorageError
 from shared.hashing import object_id
 from shared.ids import ObjectKey, ObjectKind
-from shared.storage import direct, local
+from shared.storage import direct
 from shared.storage.local import LocalStore
-from tests.support.direct_io import FAILURES, watch_direct_writes
+from tests.support.direct_io import FAILURES, direct_works, watch_direct_writes
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -160,7 +162,7 @@ def test_local_put_in_odd_pieces_writes_the_object(tmp_path_factory: pytest.Temp
     """Pieces of any size (empty, unaligned, larger than the direct-write buffer) go through
     the page-aligned buffer into exactly the object: whole pages with O_DIRECT where the
     file system takes it, the last partial page through the page cache."""
-    monkeypatch.setattr(local, "DIRECT_BUFFER", 3 * 4096)
+    monkeypatch.setattr(direct, "PIECE", 3 * 4096)
     rng = random.Random(seed)
     chunks = [rng.randbytes(n) for n in sizes]
     data = b"".join(chunks)
@@ -183,24 +185,54 @@ async def test_local_put_falls_back_to_the_page_cache(tmp_path: Path,
     write, the rest of the object goes through the page cache, and it is stored exactly."""
     seen = watch_direct_writes(monkeypatch, fail=how)
     store = await LocalStore.create(tmp_path)
-    data = os.urandom(3 * local.DIRECT_BUFFER + 12345)
+    data = os.urandom(3 * direct.PIECE + 12345)
     await store.put(key_for(data), _pieces([data[:5000], data[5000:]]))
     assert await store.get(key_for(data)) == data
-    assert (how == "open refused") == (not seen.fds)
+    assert (how == "open refused") == (not seen.opened)
 
 
 async def test_local_put_writes_whole_pages_directly(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """All of a pack but its last partial page is written with O_DIRECT, in aligned pieces."""
-    probe = tmp_path / "probe"
-    probe.touch()
-    direct_fd = direct.open_direct(probe, os.O_WRONLY)
-    if direct_fd < 0:
+    if not direct_works(tmp_path):
         pytest.skip("this file system refuses O_DIRECT")
-    os.close(direct_fd)
     seen = watch_direct_writes(monkeypatch)
     store = await LocalStore.create(tmp_path / "store")
-    data = os.urandom(5 * local.DIRECT_BUFFER + 777)
+    data = os.urandom(5 * direct.PIECE + 777)
     await store.put(key_for(data), memoryview(data))
     assert (seen.direct, seen.cached) == (len(data) - 777, 777)
     assert await store.get(key_for(data)) == data
+
+
+async def test_local_put_error_after_close_closes_nothing_twice(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A put whose publishing fails after the temp file was closed (here: the rename) closes
+    its descriptors once only (a number closed twice may be another thread's file by then)
+    and leaves no temp file."""
+    open_fds: set[int] = set()
+    twice: list[int] = []
+    real_open, real_close = os.open, os.close
+
+    def tracking_open(*args: object, **kwargs: object) -> int:
+        fd = real_open(*args, **kwargs)  # type: ignore[arg-type]
+        open_fds.add(fd)
+        return fd
+
+    def tracking_close(fd: int) -> None:
+        if fd not in open_fds:
+            twice.append(fd)
+        open_fds.discard(fd)
+        real_close(fd)
+
+    def failing_replace(src: object, dst: object) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    store = await LocalStore.create(tmp_path)
+    monkeypatch.setattr(os, "open", tracking_open)
+    monkeypatch.setattr(os, "close", tracking_close)
+    monkeypatch.setattr(os, "replace", failing_replace)
+    data = os.urandom(3 * direct.PIECE + 5)
+    with pytest.raises(StorageError):
+        await store.put(key_for(data), memoryview(data))
+    assert twice == [] and open_fds == set()
+    assert list((tmp_path / "tmp").iterdir()) == []

@@ -5,8 +5,11 @@ are refused or come back short."""
 import errno
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
+
+from shared.storage import direct
 
 # How a test makes direct writes fail: at open (EINVAL), at a write (EINVAL), or a short write.
 FAILURES = ("open refused", "write refused", "short write")
@@ -16,10 +19,31 @@ FAILURES = ("open refused", "write refused", "short write")
 class DirectWrites:
     """What went through os.open and os.pwrite while watched."""
 
-    fds: set[int] = field(default_factory=set)  # descriptors opened with O_DIRECT
-    opened: list[str] = field(default_factory=list)  # their file names
+    fds: set[int] = field(default_factory=set)  # descriptors open with O_DIRECT now
+    opened: list[str] = field(default_factory=list)  # names of the files opened so
     direct: int = 0  # bytes written through them
     cached: int = 0  # bytes written through other descriptors
+
+
+def direct_works(folder: Path) -> bool:
+    """Whether the file system of `folder` takes O_DIRECT writes (tmpfs before Linux 6.6, for
+    one, does not)."""
+    probe = folder / "direct-probe"
+    probe.touch()
+    fd = direct.open_direct(probe, os.O_WRONLY)
+    try:
+        if fd < 0:
+            return False
+        buffer = direct.anonymous_buffer(direct.ALIGN)
+        try:
+            os.pwrite(fd, memoryview(buffer), 0)
+            return True
+        except OSError:
+            return False
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        probe.unlink()
 
 
 def watch_direct_writes(monkeypatch: pytest.MonkeyPatch, fail: str | None = None
@@ -30,7 +54,7 @@ def watch_direct_writes(monkeypatch: pytest.MonkeyPatch, fail: str | None = None
     if not flag:
         pytest.skip("no O_DIRECT on this system")
     assert fail is None or fail in FAILURES
-    real_open, real_pwrite = os.open, os.pwrite
+    real_open, real_pwrite, real_close = os.open, os.pwrite, os.close
     seen = DirectWrites()
 
     def fake_open(path: object, flags: int, *args: object, **kwargs: object) -> int:
@@ -57,6 +81,11 @@ def watch_direct_writes(monkeypatch: pytest.MonkeyPatch, fail: str | None = None
         seen.cached += n
         return n
 
+    def fake_close(fd: int) -> None:
+        seen.fds.discard(fd)  # its number may be reused by an ordinary descriptor
+        real_close(fd)
+
     monkeypatch.setattr(os, "open", fake_open)
     monkeypatch.setattr(os, "pwrite", fake_pwrite)
+    monkeypatch.setattr(os, "close", fake_close)
     return seen
