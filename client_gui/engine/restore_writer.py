@@ -99,14 +99,17 @@ def temp_path(path: bytes) -> bytes:
 PutFn = Callable[[memoryview, int], None]
 
 
-def write_sparse(fd: int, data: bytes | bytearray, offset: int, lo: int = 0,
-                 hi: int | None = None, put: PutFn | None = None) -> bool:
-    """Write data[lo:hi] (data's first byte belongs at `offset`) into a file that reads as
-    zeros where nothing was written, skipping aligned zero blocks (they stay holes). Runs go
-    to `put`, or to `fd`. True if a block was skipped."""
+def to_fd(fd: int) -> PutFn:
+    """Runs of write_sparse written through the descriptor `fd`."""
+    return lambda run, at: direct.pwrite_all(fd, run, at)
+
+
+def write_sparse(put: PutFn, data: bytes | bytearray, offset: int, lo: int = 0,
+                 hi: int | None = None) -> bool:
+    """Write data[lo:hi] (data's first byte belongs at `offset`) with `put` into a file that
+    reads as zeros where nothing was written, skipping aligned zero blocks (they stay holes).
+    True if a block was skipped."""
     hi = len(data) if hi is None else hi
-    if put is None:
-        put = lambda run, at: direct.pwrite_all(fd, run, at)  # noqa: E731
     view = memoryview(data)
     pending = lo  # start of the run of data still to be written
     skipped = False
@@ -175,9 +178,9 @@ def write_direct(handle: Handle, data: bytes | bytearray, offset: int) -> bool:
     start = -(-offset // direct.ALIGN) * direct.ALIGN - offset
     stop = (offset + len(data)) // direct.ALIGN * direct.ALIGN - offset
     if handle.direct < 0 or handle.refused or stop <= start:
-        return write_sparse(handle.fd, data, offset)
-    skipped = write_sparse(handle.direct, data, offset, start, stop,
-                           lambda run, at: _put_direct(handle, run, at))
+        return write_sparse(to_fd(handle.fd), data, offset)
+    skipped = write_sparse(lambda run, at: _put_direct(handle, run, at), data, offset,
+                           start, stop)
     # Short edges, not blocks of SPARSE_BLOCK: never skipped.
     if start:
         direct.pwrite_all(handle.fd, memoryview(data)[:start], offset)
@@ -514,7 +517,7 @@ class FileWriter:
                 os.ftruncate(dst, f.node.size)
                 offset = 0
                 while block := os.pread(src, 1 << 20, offset):
-                    write_sparse(dst, block, offset)
+                    write_sparse(to_fd(dst), block, offset)
                     offset += len(block)
                 self._report(f.rel, self._file_meta(dst, f.node))
             finally:
