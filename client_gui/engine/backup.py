@@ -45,6 +45,7 @@ from client_gui.engine.scan import (
     path_trie,
     read_xattrs,
     stat_node,
+    virtual_paths,
 )
 from client_gui.engine.vault import SnapshotRef, Vault, hostname, username
 from shared.chunking import Chunker, FastCdcChunker
@@ -229,6 +230,7 @@ class _BackupRun:
                                             self._options())
                             if isinstance(vault.store, CachingStore) else None)
         self.folders: FolderCache | None = None
+        self.moved_sigs: dict[bytes, FolderRecord] | None = None  # see _moved_folder
         self.trusted_segments: set[ObjectId] = set()
         # This run's records, each with the blobs not in a stored pack yet (resolved at the end).
         self.new_records: dict[bytes, tuple[FolderRecord, list[ObjectId]]] = {}
@@ -387,8 +389,24 @@ class _BackupRun:
     def _prefetch_tree(self, tree_id: ObjectId) -> Future[tuple[Node, ...]]:
         fut = self.tree_loads.get(tree_id.raw)
         if fut is None:
-            fut = self.tree_loads[tree_id.raw] = asyncio.run_coroutine_threadsafe(
-                self._load_tree(tree_id), self.loop)
+            fut = self.tree_loads[tree_id.raw] = self._tree_now(tree_id) or \
+                asyncio.run_coroutine_threadsafe(self._load_tree(tree_id), self.loop)
+        return fut
+
+    def _tree_now(self, tree_id: ObjectId) -> Future[tuple[Node, ...]] | None:
+        """A tree decoded here, when its pack is in memory already (most are: a tree pack
+        holds hundreds): no trip through the loop for it."""
+        if not self.index_loaded:
+            return None
+        fut: Future[tuple[Node, ...]] = Future()
+        try:
+            nodes = self.vault.tree_now(tree_id)
+        except CairnError as exc:
+            fut.set_exception(exc)
+            return fut
+        if nodes is None:
+            return None
+        fut.set_result(nodes)
         return fut
 
     async def _load_tree(self, tree_id: ObjectId) -> tuple[Node, ...]:
@@ -444,12 +462,18 @@ class _BackupRun:
         record = None
         if self.folders is not None and self.folder_file is not None:
             record = self.folders.records.get(self.folder_file.key(frame.path))
+            sig = signature([stat_entry(name, st) for name, _, st in kids])
+            if record is None or record.sig != sig:
+                moved = None if frame.virtual else self._moved_folder(sig)
+                if moved is not None:  # moved or renamed: its entries are as they were
+                    record = moved
+                    prev_tree = moved.tree
+            if record is not None and record.sig == sig:
+                frame.prev_tree = prev_tree if prev_tree is not None else record.tree
+                frame.record = record
+                frame.deferred = []
+                return
         frame.prev_tree = prev_tree if prev_tree is not None or record is None else record.tree
-        if record is not None and record.sig == signature(
-                [stat_entry(name, st) for name, _, st in kids]):
-            frame.record = record
-            frame.deferred = []
-            return
         if self.folders is None:
             self._ensure_index()
             frame.parent_nodes = self._load_parent_tree(frame.prev_tree)
@@ -466,6 +490,24 @@ class _BackupRun:
             asyncio.run_coroutine_threadsafe(self._index_ready(), self.loop)
         self._prefetch_up(frame.up)
         self.loading.append(frame)
+
+    def _moved_folder(self, sig: bytes) -> FolderRecord | None:
+        """The last run's record of a folder whose entries had signature `sig`, wherever it
+        was: a folder moved or renamed since (or one that was, and is again, the same as
+        another), whose tree is then reused instead of reading its files again.
+
+        Entries match only with the same names, inodes, sizes and change times: the same
+        files. Folders above the backed-up paths are left out: their trees hold only the
+        chosen entries (and no xattrs of those leading further down).
+        """
+        assert self.folders is not None and self.folder_file is not None
+        if self.moved_sigs is None:
+            virtual = {self.folder_file.key(p) for p in virtual_paths(self.paths)}
+            self.moved_sigs = {}
+            for key, rec in self.folders.records.items():
+                if key not in virtual:
+                    self.moved_sigs.setdefault(rec.sig, rec)
+        return self.moved_sigs.get(sig)
 
     def _prefetch_up(self, frame: _Frame | None) -> None:
         while frame is not None and frame.deferred is not None and frame.tree_load is None:

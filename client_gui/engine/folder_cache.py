@@ -7,6 +7,9 @@ entries as always; when the signature matches and every subfolder matches too, t
 tree is the one saved last time. Its ID is reused as it is: no parent tree is loaded or
 decoded, no node is built, and the index is not loaded at all unless something changed. This
 is Borg's files cache one level up, and what makes a no-change backup cost one lstat a file.
+A folder with no record of its own (moved or renamed since) is looked up by its signature: the
+same names with the same inodes, sizes and change times are the same files, so its old tree is
+reused instead of its files being read again.
 
 A signature covers what the backup compares to decide a file is unchanged (size, mtime, ctime,
 inode) and every stat field other entries' nodes hold. It is computed from the nodes the backup

@@ -48,6 +48,19 @@ def path_trie(paths: list[bytes]) -> dict[bytes, Any]:
     return trie
 
 
+def virtual_paths(paths: list[bytes]) -> list[bytes]:
+    """The folders above `paths` that a backup walks (b"" for the top, then "/a", "/a/b"...)."""
+    out = [b""]
+    todo: list[tuple[bytes, dict[bytes, Any]]] = [(b"", path_trie(paths))]
+    while todo:
+        path, trie = todo.pop()
+        for name, sub in trie.items():
+            if sub is not None:
+                out.append(path + b"/" + name)
+                todo.append((path + b"/" + name, sub))
+    return out
+
+
 class OwnerNames:
     """uid/gid -> user/group name, looked up once each ("" when the id has no name)."""
 

@@ -434,8 +434,27 @@ class Vault:
         cached = self._tree_cache.get(tree_id.raw)
         if cached is not None:
             return cached
-        nodes = decode_tree(await self.load_blob(tree_id, BlobType.TREE),
-                            f"tree {tree_id.short()}")
+        return self._keep_tree(tree_id, decode_tree(await self.load_blob(tree_id, BlobType.TREE),
+                                                    f"tree {tree_id.short()}"))
+
+    def tree_now(self, tree_id: ObjectId) -> tuple[Node, ...] | None:
+        """The tree, if it can be had without I/O: decoded before, or in a tree pack held in
+        memory (see _tree_pack); else None, and `load_tree` reads it. Callable from any thread
+        (a backup's walker, which would otherwise wait on the loop for each of a thousand
+        folders); damage raises as in `load_tree`."""
+        cached = self._tree_cache.get(tree_id.raw)
+        if cached is not None:
+            return cached
+        loc = self.index.get(tree_id)
+        if loc is None or loc.type != BlobType.TREE:
+            return None
+        whole = self._tree_packs.get(loc.pack.hex())  # a plain read: the loop may evict it
+        if whole is None or loc.offset + loc.length > len(whole):
+            return None
+        plain = self.open_blob(tree_id, BlobType.TREE, whole[loc.offset:loc.offset + loc.length])
+        return self._keep_tree(tree_id, decode_tree(plain, f"tree {tree_id.short()}"))
+
+    def _keep_tree(self, tree_id: ObjectId, nodes: tuple[Node, ...]) -> tuple[Node, ...]:
         if len(self._tree_cache) > 4096:
             self._tree_cache.clear()
         self._tree_cache[tree_id.raw] = nodes

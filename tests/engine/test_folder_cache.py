@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 
 from client_gui.engine.backup import BackupPlan, BackupResult, backup
+from client_gui.engine.backup_reader import FileReader
 from client_gui.engine.cache import CachingStore
 from client_gui.engine.folder_cache import FolderCacheFile, node_entry, stat_entry
 from client_gui.engine.prune import prune
-from client_gui.engine.scan import OwnerNames, stat_node
+from client_gui.engine.scan import OwnerNames, stat_node, virtual_paths
 from client_gui.engine.vault import Vault
 from shared.format.deletion import DeletionMarker, encode_deletion
 from shared.format.tree import Node, NodeType
@@ -239,6 +240,77 @@ async def test_several_paths_and_a_single_file(setup: Setup) -> None:
                                                          parent=again.snapshot_id.hex()))
     assert fast.snapshot.tree == full.snapshot.tree
     assert fast.snapshot.packs == full.snapshot.packs
+
+
+# ---- moved and renamed folders ---------------------------------------------------------------
+
+
+def _reads(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The paths of the files backups read from now on."""
+    read: list[bytes] = []
+    inner = FileReader._read_file
+
+    def counting(self: FileReader, path: bytes, name: bytes, parent: Node | None) -> Node | None:
+        read.append(path)
+        return inner(self, path, name, parent)
+
+    monkeypatch.setattr(FileReader, "_read_file", counting)
+    return read
+
+
+async def _full_then_cached(setup: Setup, first: BackupResult, monkeypatch: pytest.MonkeyPatch
+                            ) -> tuple[BackupResult, BackupResult, list[bytes]]:
+    """A backup reading every parent tree, then one with the cache (and the files it read)."""
+    full = await backup(await setup.bare(), setup.plan(first))
+    read = _reads(monkeypatch)
+    fast = await backup(await setup.cached(), setup.plan(first))
+    assert fast.snapshot.tree == full.snapshot.tree
+    assert fast.snapshot.packs == full.snapshot.packs
+    f, s = full.snapshot.stats, fast.snapshot.stats
+    assert (s.files, s.dirs, s.bytes) == (f.files, f.dirs, f.bytes)
+    return full, fast, read
+
+
+async def test_a_moved_folder_is_not_read_again(setup: Setup,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder moved elsewhere (its subfolders with it) keeps its entries' inodes and times:
+    found by its signature, its trees are reused and none of its files is read."""
+    first = await backup(await setup.cached(), setup.plan())
+    os.rename(setup.src / "a/b", setup.src / "e/moved")
+    full, fast, read = await _full_then_cached(setup, first, monkeypatch)
+    assert not [p for p in read if b"/moved/" in p]
+    assert fast.snapshot.stats.unchanged_files == full.snapshot.stats.unchanged_files + 3
+    assert full.snapshot.stats.new_files == 3  # without the cache: three.txt, four, five read
+
+
+async def test_a_moved_folder_with_a_changed_file(setup: Setup,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    first = await backup(await setup.cached(), setup.plan())
+    os.rename(setup.src / "a/b", setup.src / "top-level-b")
+    _append_to = setup.src / "top-level-b/c/d/five.txt"
+    with open(_append_to, "ab") as f:
+        f.write(b" and more")
+    _, _, read = await _full_then_cached(setup, first, monkeypatch)
+    assert [p for p in read if b"/top-level-b/" in p] == [os.fsencode(_append_to)]
+
+
+async def test_two_folders_swapping_names(setup: Setup,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    first = await backup(await setup.cached(), setup.plan())
+    os.rename(setup.src / "a", setup.src / "swap")
+    os.rename(setup.src / "e", setup.src / "a")
+    os.rename(setup.src / "swap", setup.src / "e")
+    _, fast, read = await _full_then_cached(setup, first, monkeypatch)
+    assert read == []
+    assert fast.snapshot.stats.unchanged_files == fast.snapshot.stats.files
+
+
+def test_folders_above_the_backed_up_paths(tmp_path: Path) -> None:
+    """The folders a backup walks above its paths; their cache records, holding only the
+    chosen entries, are never taken for a moved folder."""
+    got = virtual_paths([b"/x/y/z", b"/x/w", b"/top"])
+    assert sorted(got) == [b"", b"/x", b"/x/y"]
+    assert virtual_paths([b"/top"]) == [b""]
 
 
 # ---- when the cache is not used --------------------------------------------------------------
