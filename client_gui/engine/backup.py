@@ -12,7 +12,7 @@ import os
 import stat
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -53,7 +53,7 @@ from shared.errors import CairnError, Cancelled, InternalError, PermissionDenied
 from shared.format.codec import pack
 from shared.format.deletion import DeletionMarker
 from shared.format.snapshot import Snapshot, SnapshotStats
-from shared.format.tree import Node, NodeType, encode_tree
+from shared.format.tree import Node, NodeType, StoredNode, StoredTree, encode_tree
 from shared.hashing import keyed_id
 from shared.ids import BlobType, ObjectId, ObjectKey, ObjectKind
 
@@ -106,6 +106,7 @@ class BackupResult:
 
 
 _Kid = tuple[bytes, bytes, os.stat_result]  # a directory entry: name, path, lstat
+_NO_TREE = StoredTree(encode_tree([]))  # no parent tree (never changed: it has no names)
 
 
 @dataclass
@@ -116,16 +117,17 @@ class _Frame:
     path: bytes
     st: os.stat_result | None
     virtual: bool = False  # above the backed-up paths: only the chosen entries, no xattrs
-    items: list["Node | Future[Node | None] | _PendingDir"] = field(default_factory=list)
+    items: list["Node | StoredNode | Future[Node | None] | _PendingDir"] = field(
+        default_factory=list)
     prev_tree: ObjectId | None = None  # the folder's tree in the parent snapshot
-    parent_nodes: dict[bytes, Node] = field(default_factory=dict)  # that tree's nodes
+    parent_nodes: StoredTree = field(default_factory=lambda: _NO_TREE)  # that tree's nodes
     # The folder cache's record when the entries' signature matched it. Its entries other
     # than subfolders are then only listed in `deferred`: no node is built for them unless a
     # subfolder turns out changed (or a checkpoint needs this folder's tree).
     record: FolderRecord | None = None
     deferred: list[_Kid] | None = None
     up: "_Frame | None" = None  # the folder this one is in
-    tree_load: Future[tuple[Node, ...]] | None = None  # of prev_tree, when loaded ahead
+    tree_load: Future[StoredTree] | None = None  # of prev_tree, when loaded ahead
 
 
 @dataclass
@@ -151,7 +153,7 @@ class _PendingDir:
         return True
 
 
-def _name(node: Node) -> bytes:
+def _name(node: Node | StoredNode) -> bytes:
     return node.name
 
 
@@ -216,7 +218,7 @@ class _BackupRun:
         # Directories walked but not finished, in walk (post-)order: a directory comes after
         # all of its subdirectories, so finishing from the front never meets an unfinished one.
         self.pending: deque[_PendingDir] = deque()
-        self.tree_loads: dict[bytes, Future[tuple[Node, ...]]] = {}
+        self.tree_loads: dict[bytes, Future[StoredTree]] = {}
         self.markers: dict[ObjectId, DeletionMarker] = {}
         self.index_loaded = False
         self.index_task: asyncio.Future[None] | None = None
@@ -372,7 +374,7 @@ class _BackupRun:
     def _node(self, name: bytes, ntype: NodeType, st: os.stat_result, **extra: Any) -> Node:
         return stat_node(name, ntype, st, self.owners, **extra)
 
-    def _save_tree(self, nodes: list[Node]) -> ObjectId:
+    def _save_tree(self, nodes: Sequence[Node | StoredNode]) -> ObjectId:
         self._ensure_index()
         data = encode_tree(nodes)
         tree_id = keyed_id(self.id_key, data)
@@ -386,50 +388,51 @@ class _BackupRun:
 
     # ---- the walk -------------------------------------------------------------------------
 
-    def _prefetch_tree(self, tree_id: ObjectId) -> Future[tuple[Node, ...]]:
+    def _prefetch_tree(self, tree_id: ObjectId) -> Future[StoredTree]:
         fut = self.tree_loads.get(tree_id.raw)
         if fut is None:
             fut = self.tree_loads[tree_id.raw] = self._tree_now(tree_id) or \
                 asyncio.run_coroutine_threadsafe(self._load_tree(tree_id), self.loop)
         return fut
 
-    def _tree_now(self, tree_id: ObjectId) -> Future[tuple[Node, ...]] | None:
+    def _tree_now(self, tree_id: ObjectId) -> Future[StoredTree] | None:
         """A tree decoded here, when its pack is in memory already (most are: a tree pack
         holds hundreds): no trip through the loop for it."""
         if not self.index_loaded:
             return None
-        fut: Future[tuple[Node, ...]] = Future()
+        fut: Future[StoredTree] = Future()
         try:
-            nodes = self.vault.tree_now(tree_id)
+            tree = self.vault.stored_tree_now(tree_id)
         except CairnError as exc:
             fut.set_exception(exc)
             return fut
-        if nodes is None:
+        if tree is None:
             return None
-        fut.set_result(nodes)
+        fut.set_result(tree)
         return fut
 
-    async def _load_tree(self, tree_id: ObjectId) -> tuple[Node, ...]:
+    async def _load_tree(self, tree_id: ObjectId) -> StoredTree:
         await self._index_ready()  # where the tree is
-        return await self.vault.load_tree(tree_id)
+        return await self.vault.load_stored_tree(tree_id)
 
-    def _load_parent_tree(self, tree_id: ObjectId | None) -> dict[bytes, Node]:
+    def _load_parent_tree(self, tree_id: ObjectId | None) -> StoredTree:
         if tree_id is None:
-            return {}
+            return _NO_TREE
         fut = self._prefetch_tree(tree_id)
         try:
-            nodes = fut.result()
+            tree = fut.result()
         except CairnError as exc:
             logger.warning("parent tree %s unreadable (%s); reading files again",
                            tree_id.short(), exc)
-            return {}
+            return _NO_TREE
         finally:
             self.tree_loads.pop(tree_id.raw, None)
         if self.folders is None:  # with the folder cache, subfolders are most likely in it
-            for n in nodes:
-                if n.subtree is not None and len(self.tree_loads) < TREES_AHEAD:
-                    self._prefetch_tree(n.subtree)
-        return {n.name: n for n in nodes}
+            for subtree in tree.subtrees():
+                if len(self.tree_loads) >= TREES_AHEAD:
+                    break
+                self._prefetch_tree(subtree)
+        return tree
 
     def _list(self, path: bytes, st: os.stat_result) -> list[_Kid]:
         """The entries of directory `path` to back up, as (name, path, lstat), in name order."""
@@ -534,20 +537,25 @@ class _BackupRun:
                     continue
                 if trie is not None:
                     self.root_dev = st.st_dev
-                self._entry(frame, path, name, st, frame.parent_nodes.get(name))
+                self._entry(frame, path, name, st)
         finally:
             self.stack.pop()
 
-    def _entry(self, frame: _Frame, path: bytes, name: bytes, st: os.stat_result,
-               parent: Node | None) -> None:
+    def _entry(self, frame: _Frame, path: bytes, name: bytes, st: os.stat_result) -> None:
         """Back up one path (any type) into `frame`."""
         mode = st.st_mode
-        if stat.S_ISDIR(mode):
-            frame.items.append(self._directory(path, name, st, parent))
-        elif stat.S_ISREG(mode):
-            item = self.reader.save(path, name, st, parent)
-            if item is not None:
-                frame.items.append(item)
+        if stat.S_ISREG(mode):
+            # An unchanged file (not a hard link: those go through the reader's link table)
+            # keeps its stored entry as it is; no Node is made.
+            kept = frame.parent_nodes.unchanged_file(name, st) if st.st_nlink == 1 else None
+            if kept is not None and self.reader.keep(kept):
+                frame.items.append(kept)
+            else:
+                item = self.reader.save(path, name, st, frame.parent_nodes.get(name))
+                if item is not None:
+                    frame.items.append(item)
+        elif stat.S_ISDIR(mode):
+            frame.items.append(self._directory(path, name, st, frame.parent_nodes.get(name)))
         elif stat.S_ISLNK(mode):
             try:
                 target = os.readlink(path)
@@ -640,9 +648,11 @@ class _BackupRun:
             with self.state.stats_lock:
                 self.stats.dirs += 1
         prev, parent_nodes = frame.prev_tree, frame.parent_nodes
-        # A tree in a pack marked for deletion is stored again.
+        # A tree in a pack marked for deletion is stored again. A StoredNode is an entry of
+        # this very parent tree.
         if prev is not None and self.ledger.is_known(prev) and len(nodes) == len(
-                parent_nodes) and all(_same(n, parent_nodes.get(n.name)) for n in nodes):
+                parent_nodes) and all(isinstance(n, StoredNode)
+                                      or _same(n, parent_nodes.get(n.name)) for n in nodes):
             tree_id = prev
             self.ledger.use(tree_id)
         else:
@@ -655,7 +665,7 @@ class _BackupRun:
         pending.tree = tree_id
         # Its entries are in the saved tree now: keep only what the folder above reads (the
         # name, node and tree), or every node of the walk stays in memory until the end.
-        frame.items, frame.parent_nodes, frame.tree_load = [], {}, None
+        frame.items, frame.parent_nodes, frame.tree_load = [], _NO_TREE, None
         pending.parent = None
         if frame.st is None:
             return  # the root
@@ -679,12 +689,12 @@ class _BackupRun:
                 if before is not None and before == item.node:
                     item.node = before
         for name, path, st in deferred:
-            self._entry(frame, path, name, st, frame.parent_nodes.get(name))
+            self._entry(frame, path, name, st)
 
-    def _resolve(self, frame: _Frame) -> list[Node]:
+    def _resolve(self, frame: _Frame) -> list[Node | StoredNode]:
         """The finished nodes of `frame`, waiting for its files (and subdirectories)."""
         self._materialize(frame)
-        nodes = []
+        nodes: list[Node | StoredNode] = []
         for item in frame.items:
             if isinstance(item, _PendingDir):
                 if item.node is None:
@@ -705,7 +715,7 @@ class _BackupRun:
                 nodes.append(item)
         return nodes
 
-    def _record(self, frame: _Frame, nodes: list[Node], tree_id: ObjectId) -> None:
+    def _record(self, frame: _Frame, nodes: list[Node | StoredNode], tree_id: ObjectId) -> None:
         """Note folder `frame` as saved, for the next run's folder cache."""
         if self.folder_file is None:
             return
@@ -713,13 +723,16 @@ class _BackupRun:
         files = [n for n in nodes if n.type == NodeType.FILE]
         packs: set[ObjectId] = set()
         unresolved: list[ObjectId] = []
-        index = self.vault.index
-        for blob_id in [tree_id, *(c for n in files for c in n.content)]:
-            loc = index.get(blob_id)
-            if loc is None:
-                unresolved.append(blob_id)  # in a pack not stored yet
+        pack_of = self.vault.index.pack_of
+        blobs = [tree_id.raw]
+        for n in files:
+            blobs += n.content_ids if isinstance(n, StoredNode) else [c.raw for c in n.content]
+        for raw in blobs:
+            pack_id = pack_of(raw)
+            if pack_id is None:
+                unresolved.append(ObjectId(raw))  # in a pack not stored yet
             else:
-                packs.add(loc.pack)
+                packs.add(pack_id)
         self.new_records[self.folder_file.key(frame.path)] = (FolderRecord(
             signature([node_entry(n) for n in nodes]), tree_id, len(files),
             sum(n.size for n in files), frozenset(packs)), unresolved)

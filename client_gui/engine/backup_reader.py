@@ -17,7 +17,7 @@ from client_gui.engine.packer import Packer
 from client_gui.engine.scan import OwnerNames, open_file, read_xattrs, stat_node
 from shared.chunking import Chunker
 from shared.errors import CairnError, Cancelled
-from shared.format.tree import Node, NodeType
+from shared.format.tree import Node, NodeType, StoredNode
 from shared.hashing import keyed_id
 from shared.ids import BlobType, ObjectId
 
@@ -87,6 +87,17 @@ class FileReader:
         """
         self.stats.files += 1
         self.stats.bytes += node.size
+
+    def keep(self, stored: StoredNode) -> bool:
+        """Count in an unchanged file's stored entry (see StoredTree.unchanged_file), if every
+        chunk of it is still stored; False sends the file to `save`."""
+        if not self.ledger.reuse_ids(stored.content_ids):
+            return False
+        with self.state.stats_lock:
+            self.stats.files += 1
+            self.stats.bytes += stored.size
+            self.stats.unchanged_files += 1
+        return True
 
     def save(self, path: bytes, name: bytes, st: os.stat_result,
              parent: Node | None) -> "Node | Future[Node | None] | None":

@@ -54,10 +54,16 @@ class BlobLedger:
 
     def reuse(self, node: Node) -> bool:
         """True if every chunk of `node` is stored (or being stored); marks them used."""
+        return self.reuse_ids([c.raw for c in node.content])
+
+    def reuse_ids(self, raw_ids: list[bytes]) -> bool:
+        """`reuse` for a file's chunks given by raw ID."""
         with self.known_lock:
-            if not all(c.raw in self.known for c in node.content):
-                return False
-        self.used.update(c.raw for c in node.content)
+            known = self.known
+            for raw in raw_ids:
+                if raw not in known:
+                    return False
+        self.used.update(raw_ids)
         return True
 
     def used_packs(self, index: BlobIndex) -> set[ObjectId]:
@@ -69,14 +75,15 @@ class BlobLedger:
         """
         packs: set[ObjectId] = set()
         in_marked: dict[bytes, ObjectId] = {}
+        marked = self.marked_packs
         for raw in self.used:
-            loc = index.get(ObjectId(raw))
-            if loc is None:
+            pack = index.pack_of(raw)
+            if pack is None:
                 continue
-            if loc.pack in self.marked_packs:
-                in_marked[raw] = loc.pack
+            if pack in marked:
+                in_marked[raw] = pack
             else:
-                packs.add(loc.pack)
+                packs.add(pack)
         if in_marked:
             for pid, entries in index.packs.items():
                 if pid in self.marked_packs:

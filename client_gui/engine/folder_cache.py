@@ -36,7 +36,7 @@ from typing import Any
 from shared.crypto.keys import MasterKeys
 from shared.errors import IntegrityError
 from shared.format.codec import pack, unpack
-from shared.format.tree import Node, NodeType
+from shared.format.tree import Node, NodeType, StoredNode
 from shared.hashing import derive_key, keyed_id, object_id
 from shared.ids import ID_SIZE, ObjectId
 
@@ -77,8 +77,15 @@ def stat_entry(name: bytes, st: os.stat_result) -> bytes:
                        extra) + name
 
 
-def node_entry(node: Node) -> bytes:
+def node_entry(node: Node | StoredNode) -> bytes:
     """The signature entry of a saved node: equal to `stat_entry` of the lstat it came from."""
+    if isinstance(node, StoredNode):  # a file's entry as stored (its fields were checked)
+        raw = node.raw
+        try:
+            return _ENTRY.pack(_FILE, len(node.name), 0, 0, 0, raw.get("mt", 0),
+                               raw.get("ct", 0), raw.get("i", 0), 0, 0, node.size) + node.name
+        except struct.error:
+            return b"\xff" + node.name
     code = _NODE_TYPES[node.type]
     try:
         if code == _FILE:

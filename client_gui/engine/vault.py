@@ -50,7 +50,7 @@ from shared.format.pack import (
     header_length,
 )
 from shared.format.snapshot import Snapshot, decode_snapshot, encode_snapshot
-from shared.format.tree import Node, decode_tree
+from shared.format.tree import Node, StoredTree, decode_tree
 from shared.hashing import keyed_id, object_id
 from shared.ids import BlobType, ObjectId, ObjectKey, ObjectKind
 from shared.storage.base import ObjectStore
@@ -130,6 +130,11 @@ class BlobIndex:
             return None
         pack_id, e = found
         return BlobLocation(pack_id, e.type, e.offset, e.length, e.raw_length)
+
+    def pack_of(self, raw_id: bytes) -> ObjectId | None:
+        """The pack holding the blob with raw ID `raw_id` (`get` without the location)."""
+        found = self._blobs.get(raw_id)
+        return None if found is None else found[0]
 
     def __contains__(self, blob_id: ObjectId) -> bool:
         return blob_id.raw in self._blobs
@@ -434,17 +439,21 @@ class Vault:
         cached = self._tree_cache.get(tree_id.raw)
         if cached is not None:
             return cached
-        return self._keep_tree(tree_id, decode_tree(await self.load_blob(tree_id, BlobType.TREE),
-                                                    f"tree {tree_id.short()}"))
+        nodes = decode_tree(await self.load_blob(tree_id, BlobType.TREE),
+                            f"tree {tree_id.short()}")
+        if len(self._tree_cache) > 4096:
+            self._tree_cache.clear()
+        self._tree_cache[tree_id.raw] = nodes
+        return nodes
 
-    def tree_now(self, tree_id: ObjectId) -> tuple[Node, ...] | None:
-        """The tree, if it can be had without I/O: decoded before, or in a tree pack held in
-        memory (see _tree_pack); else None, and `load_tree` reads it. Callable from any thread
-        (a backup's walker, which would otherwise wait on the loop for each of a thousand
-        folders); damage raises as in `load_tree`."""
-        cached = self._tree_cache.get(tree_id.raw)
-        if cached is not None:
-            return cached
+    async def load_stored_tree(self, tree_id: ObjectId) -> StoredTree:
+        """A tree as stored (see StoredTree): what a backup compares a folder with."""
+        return StoredTree(await self.load_blob(tree_id, BlobType.TREE), f"tree {tree_id.short()}")
+
+    def stored_tree_now(self, tree_id: ObjectId) -> StoredTree | None:
+        """`load_stored_tree` if it needs no I/O, its tree pack being held in memory (see
+        _tree_pack); else None. Callable from any thread: a backup's walker, which would
+        otherwise wait on the loop for each of a thousand folders. Damage raises as there."""
         loc = self.index.get(tree_id)
         if loc is None or loc.type != BlobType.TREE:
             return None
@@ -452,13 +461,7 @@ class Vault:
         if whole is None or loc.offset + loc.length > len(whole):
             return None
         plain = self.open_blob(tree_id, BlobType.TREE, whole[loc.offset:loc.offset + loc.length])
-        return self._keep_tree(tree_id, decode_tree(plain, f"tree {tree_id.short()}"))
-
-    def _keep_tree(self, tree_id: ObjectId, nodes: tuple[Node, ...]) -> tuple[Node, ...]:
-        if len(self._tree_cache) > 4096:
-            self._tree_cache.clear()
-        self._tree_cache[tree_id.raw] = nodes
-        return nodes
+        return StoredTree(plain, f"tree {tree_id.short()}")
 
     # ---- snapshots ------------------------------------------------------------------------
 

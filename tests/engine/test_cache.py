@@ -124,25 +124,28 @@ async def test_local_tree_packs_kept_are_bounded(vault_factory, tmp_path, monkey
     assert len(vault._tree_packs) == 1  # only the last one is kept
 
 
-async def test_tree_now_decodes_only_from_packs_in_memory(vault_factory, tmp_path) -> None:
-    """`Vault.tree_now` (the backup walker's way to a parent tree without a trip through the
-    loop): None until the tree's pack is in memory, then the same nodes as `load_tree`, and
-    damage raises as it does there."""
+async def test_stored_tree_now_decodes_only_from_packs_in_memory(vault_factory,
+                                                                 tmp_path) -> None:
+    """`Vault.stored_tree_now` (the backup walker's way to a parent tree without a trip
+    through the loop): None until the tree's pack is in memory, then the same nodes as
+    `load_tree`, and damage raises as it does there."""
     root, tree = await _tree_with_many_folders(vault_factory, tmp_path)
     counting, wrap = _counted_cache(tmp_path, remote=False)
     vault = await vault_factory.open(root, wrap)
     await vault.load_index()
-    assert vault.tree_now(tree) is None  # nothing read yet
+    assert vault.stored_tree_now(tree) is None  # nothing read yet
     assert counting[0].whole == 0
     nodes = await vault.load_tree(tree)
-    vault._tree_cache.clear()
     subtree = nodes[0].subtree
     assert subtree is not None
-    assert vault.tree_now(subtree) == await vault.load_tree(subtree)
-    assert counting[0].whole == 1 and counting[0].ranged == 0  # no read for tree_now
+    stored = vault.stored_tree_now(subtree)
+    assert stored is not None
+    expected = await vault.load_tree(subtree)
+    assert len(stored) == len(expected)
+    assert [stored.get(n.name) for n in expected] == list(expected)
+    assert counting[0].whole == 1 and counting[0].ranged == 0  # no read for stored_tree_now
 
-    vault._tree_cache.clear()
     [name] = list(vault._tree_packs)
     vault._tree_packs[name] = b"\0" * len(vault._tree_packs[name])
     with pytest.raises(IntegrityError):
-        vault.tree_now(subtree)
+        vault.stored_tree_now(subtree)

@@ -12,7 +12,7 @@ import os
 import shutil
 import socket
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from client_gui.engine.prune import prune
 from client_gui.engine.scan import OwnerNames, stat_node, virtual_paths
 from client_gui.engine.vault import Vault
 from shared.format.deletion import DeletionMarker, encode_deletion
-from shared.format.tree import Node, NodeType
+from shared.format.tree import Node, NodeType, StoredTree
 from shared.ids import ObjectId, ObjectKind
 from shared.storage.local import LocalStore
 from tests.conftest import make_tree
@@ -88,7 +88,7 @@ async def both(setup: Setup, first: BackupResult, *, cached: bool = True, **opti
     full_vault, vault = await setup.bare(), await setup.cached()
     loads = {id(full_vault): 0, id(vault): 0}
     for v in (full_vault, vault):
-        v.load_tree = _counting(v, loads)  # type: ignore[method-assign]
+        _count_tree_loads(v, loads)
     full = await backup(full_vault, setup.plan(first, **options))
     fast = await backup(vault, setup.plan(first, **options))
     assert fast.snapshot.tree == full.snapshot.tree
@@ -99,14 +99,21 @@ async def both(setup: Setup, first: BackupResult, *, cached: bool = True, **opti
     return full, fast, vault
 
 
-def _counting(vault: Vault, loads: dict[int, int]) -> Callable[[ObjectId],
-                                                                Awaitable[tuple[Node, ...]]]:
-    inner = vault.load_tree
+def _count_tree_loads(vault: Vault, loads: dict[int, int]) -> None:
+    """Count the parent trees a backup through `vault` loads, either way it loads them."""
+    load, now = vault.load_stored_tree, vault.stored_tree_now
 
-    async def load_tree(tree_id: ObjectId) -> tuple[Node, ...]:
+    async def load_stored_tree(tree_id: ObjectId) -> StoredTree:
         loads[id(vault)] += 1
-        return await inner(tree_id)
-    return load_tree
+        return await load(tree_id)
+
+    def stored_tree_now(tree_id: ObjectId) -> StoredTree | None:
+        tree = now(tree_id)
+        loads[id(vault)] += tree is not None
+        return tree
+
+    vault.load_stored_tree = load_stored_tree  # type: ignore[method-assign]
+    vault.stored_tree_now = stored_tree_now  # type: ignore[method-assign]
 
 
 # ---- the changes a day of work makes ---------------------------------------------------------

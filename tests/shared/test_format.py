@@ -9,7 +9,7 @@ import io
 import random
 import struct
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import msgpack
@@ -62,7 +62,7 @@ from shared.format.snapshot import (
     decode_snapshot_packs,
     encode_snapshot,
 )
-from shared.format.tree import Node, NodeType, decode_tree, encode_tree
+from shared.format.tree import Node, NodeType, StoredNode, StoredTree, decode_tree, encode_tree
 from shared.hashing import keyed_id, object_id
 from shared.ids import BlobType, ObjectId, ObjectKey, ObjectKind
 
@@ -217,24 +217,31 @@ def test_tree_node_keys_in_fixed_order() -> None:
                                       "i", "d", "l", "ln", "r", "c", "sub", "x"]
 
 
+# Both ways of reading a tree refuse the same damage.
+TREE_DECODERS = [decode_tree, StoredTree]
+
+
+@pytest.mark.parametrize("decode", TREE_DECODERS)
 @pytest.mark.parametrize("name", [b"", b".", b"..", b"a/b"])
-def test_tree_bad_names_refused(name: bytes) -> None:
+def test_tree_bad_names_refused(name: bytes, decode: Callable[[bytes], object]) -> None:
     with pytest.raises(IntegrityError):
         Node(name=name, type=NodeType.FILE)
     raw = msgpack.packb({"v": 1, "nodes": [{"n": name, "t": "file"}]}, use_bin_type=True)
     with pytest.raises(IntegrityError):
-        decode_tree(raw)
+        decode(raw)
 
 
-def test_tree_dir_without_subtree_refused() -> None:
+@pytest.mark.parametrize("decode", TREE_DECODERS)
+def test_tree_dir_without_subtree_refused(decode: Callable[[bytes], object]) -> None:
     raw = msgpack.packb({"v": 1, "nodes": [{"n": b"d", "t": "dir"}]}, use_bin_type=True)
     with pytest.raises(IntegrityError):
-        decode_tree(raw)
+        decode(raw)
 
 
-def test_tree_newer_version_refused() -> None:
+@pytest.mark.parametrize("decode", TREE_DECODERS)
+def test_tree_newer_version_refused(decode: Callable[[bytes], object]) -> None:
     with pytest.raises(UnsupportedFormat):
-        decode_tree(msgpack.packb({"v": 2, "nodes": []}))
+        decode(msgpack.packb({"v": 2, "nodes": []}))
 
 
 @pytest.mark.parametrize("node", [{"n": b"f", "t": "file", "s": "7"},
@@ -243,9 +250,54 @@ def test_tree_newer_version_refused() -> None:
                                   {"n": "text", "t": "file"},
                                   {"n": b"f", "t": "file", "c": [b"short"]},
                                   {"n": b"f", "t": "file", "x": [[b"k"]]}])
-def test_tree_wrong_field_types_refused(node: dict[str, object]) -> None:
+@pytest.mark.parametrize("decode", TREE_DECODERS)
+def test_tree_wrong_field_types_refused(node: dict[str, object],
+                                        decode: Callable[[bytes], object]) -> None:
     with pytest.raises(IntegrityError):
-        decode_tree(msgpack.packb({"v": 1, "nodes": [node]}, use_bin_type=True))
+        decode(msgpack.packb({"v": 1, "nodes": [node]}, use_bin_type=True))
+
+
+class _Stat:
+    """The lstat fields a backup compares a stored file entry with."""
+
+    def __init__(self, node: Node, **changed: int) -> None:
+        self.st_size, self.st_mtime_ns = node.size, node.mtime_ns
+        self.st_ctime_ns, self.st_ino = node.ctime_ns, node.inode
+        for key, value in changed.items():
+            setattr(self, key, value)
+
+
+@SETTINGS
+@given(node_lists())
+def test_stored_tree_round_trip(node_list: list[Node]) -> None:
+    """A StoredTree gives the nodes decode_tree gives, and a tree of its unchanged files'
+    stored entries (with the other nodes) encodes to the same bytes: the same tree ID."""
+    data = encode_tree(node_list)
+    stored = StoredTree(data)
+    assert len(stored) == len(node_list)
+    assert [stored.get(n.name) for n in decode_tree(data)] == list(decode_tree(data))
+    assert stored.get(b"not there") is None
+    mixed: list[Node | StoredNode] = []
+    for node in node_list:
+        kept = stored.unchanged_file(node.name, _Stat(node))  # type: ignore[arg-type]
+        assert (kept is not None) == (node.type == NodeType.FILE)
+        if kept is not None:
+            assert kept.size == node.size
+            assert kept.content_ids == [c.raw for c in node.content]
+        mixed.append(kept or node)
+    assert encode_tree(mixed) == data
+    assert sorted(stored.subtrees()) == sorted(n.subtree for n in node_list
+                                               if n.subtree is not None)
+
+
+@pytest.mark.parametrize("field", ["st_size", "st_mtime_ns", "st_ctime_ns", "st_ino"])
+def test_stored_file_changed_in_any_compared_field(field: str) -> None:
+    node = Node(name=b"f", type=NodeType.FILE, size=5, mtime_ns=6, ctime_ns=7, inode=8)
+    stored = StoredTree(encode_tree([node]))
+    assert stored.unchanged_file(b"f", _Stat(node)) is not None  # type: ignore[arg-type]
+    changed = _Stat(node, **{field: 99})
+    assert stored.unchanged_file(b"f", changed) is None  # type: ignore[arg-type]
+    assert stored.unchanged_file(b"g", _Stat(node)) is None  # type: ignore[arg-type]
 
 
 # ---- index segments --------------------------------------------------------------------
@@ -1063,7 +1115,7 @@ def test_deletion_layout() -> None:
 @SETTINGS
 @given(st.binary(max_size=200))
 def test_decoders_junk_raises_cairn_error(junk: bytes) -> None:
-    decoders = [decode_tree, decode_key_slot, decode_deletion, decode_snapshot_packs,
+    decoders = [decode_tree, StoredTree, decode_key_slot, decode_deletion, decode_snapshot_packs,
                 lambda d: decode_snapshot(ENC, d), lambda d: decode_index(ENC, d),
                 lambda d: decode_header(ENC, d, len(d) + TRAILER_SIZE, "pack"),
                 lambda d: decode_blob(ENC, BlobType.DATA, ObjectId(bytes(32)), d)]
@@ -1083,7 +1135,8 @@ def test_decoders_junk_raises_cairn_error(junk: bytes) -> None:
                     max_leaves=12))
 def test_decoders_odd_msgpack_raises_cairn_error(value: object) -> None:
     data = msgpack.packb(value, use_bin_type=True)
-    for decode in (decode_tree, decode_key_slot, decode_deletion, decode_snapshot_packs):
+    for decode in (decode_tree, StoredTree, decode_key_slot, decode_deletion,
+                   decode_snapshot_packs):
         with contextlib.suppress(CairnError):
             decode(data)
 
