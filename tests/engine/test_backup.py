@@ -302,8 +302,10 @@ def plan(*paths: Path | str, **kw: Any) -> BackupPlan:
 
 async def test_backup_records_regular_empty_and_multi_chunk_files(
         tmp_path: Path, vault_factory: VaultFactory) -> None:
+    # Larger than the largest chunk (4 MiB): more than one chunk whatever the vault's gear
+    # table (3 MiB of random data was one chunk for about one vault key in 30).
     src = make_tree(tmp_path / "src", {"a.txt": "hello\n", "empty": b"",
-                                       "big.bin": random_bytes(3 << 20, 1)})
+                                       "big.bin": random_bytes(9 << 20, 1)})
     vault, root = await vault_factory.create()
     result = await backup(vault, plan(src))
 
@@ -311,10 +313,10 @@ async def test_backup_records_regular_empty_and_multi_chunk_files(
     nodes = await below(fresh, result.snapshot.tree, src)
     assert await contents(fresh, result.snapshot.tree, src) == disk_contents(src)
     assert nodes[b"empty"].size == 0 and nodes[b"empty"].content == ()
-    assert nodes[b"big.bin"].size == 3 << 20
-    assert len(nodes[b"big.bin"].content) > 1
+    assert nodes[b"big.bin"].size == 9 << 20
+    assert len(nodes[b"big.bin"].content) > 2
     s = result.snapshot.stats
-    assert (s.files, s.new_files, s.bytes, s.problems) == (3, 3, 6 + (3 << 20), 0)
+    assert (s.files, s.new_files, s.bytes, s.problems) == (3, 3, 6 + (9 << 20), 0)
     assert result.problems == ()
     assert await snapshot_ids(root) == {result.snapshot_id.hex()}
 
