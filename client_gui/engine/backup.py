@@ -12,7 +12,7 @@ import os
 import stat
 import time
 from collections import deque
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -84,6 +84,10 @@ DIRS_IN_FLIGHT = 1024
 # Trees of the parent snapshot loaded ahead of the walker (the subfolders of the folders it
 # entered): a no-change backup otherwise waits on one tree load at a time.
 TREES_AHEAD = 256
+# A backup without a parent reads the large files the walk reaches last while the walker is
+# still in folders of small files (see _scout); the scout gives up after this many folders in
+# a row without a large file (0: no reading ahead).
+SCOUT_FOLDERS = 64
 CHECKPOINT_INTERVAL = 300.0  # seconds; must stay well below the prune grace period
 READ_RETRIES = 3
 
@@ -214,10 +218,13 @@ class _BackupRun:
                              uploads_in_flight=(LOCAL_UPLOADS_IN_FLIGHT if vault.on_this_machine
                                                 else UPLOADS_IN_FLIGHT),
                              inline_below=self.chunker_params.min_size)
-        # The walk and the final shutdown get threads of their own, not the loop's default
-        # executor: they wait for coroutines (uploads, tree loads) that may need that executor.
-        self.control_pool = ThreadPoolExecutor(2, thread_name_prefix="cairn-walk")
+        # The walk, the scout (see _scout) and the final shutdown get threads of their own, not
+        # the loop's default executor: they wait for coroutines (uploads, tree loads) that may
+        # need that executor.
+        self.control_pool = ThreadPoolExecutor(3, thread_name_prefix="cairn-walk")
         self.walk: Future[BackupResult] | None = None
+        self.scout: Future[None] | None = None
+        self.scout_stop = False
         self.stack: list[_Frame] = []
         # Directories walked but not finished, in walk (post-)order: a directory comes after
         # all of its subdirectories, so finishing from the front never meets an unfinished one.
@@ -247,6 +254,7 @@ class _BackupRun:
         self.throttle = Throttle()
         self.estimate: tuple[int, int] | None = None
         self.current = b""
+        self.at = b""  # the entry the walker took last (see _walked_past)
         self.root_dev: int | None = None
         self.owners = OwnerNames()
         self.reader = FileReader(self.state, self.ledger, self.packer, self.owners,
@@ -340,6 +348,9 @@ class _BackupRun:
         """
         if self.walk is not None:
             wait([self.walk])
+        self.scout_stop = True
+        if self.scout is not None:
+            wait([self.scout])
         for fut in self.tree_loads.values():  # loads ahead the walk did not get to
             fut.cancel()
         wait(self.tree_loads.values())
@@ -440,13 +451,17 @@ class _BackupRun:
 
     def _list(self, path: bytes, st: os.stat_result) -> list[_Kid]:
         """The entries of directory `path` to back up, as (name, path, lstat), in name order."""
-        if self.plan.one_file_system and self.root_dev is not None \
-                and st.st_dev != self.root_dev:
+        return self._entries(path, st, self.root_dev, self._problem)
+
+    def _entries(self, path: bytes, st: os.stat_result, root_dev: int | None,
+                 problem: Callable[[bytes, str, str], None]) -> list[_Kid]:
+        """`_list` for a walk below a root on device `root_dev`, reporting to `problem`."""
+        if self.plan.one_file_system and root_dev is not None and st.st_dev != root_dev:
             return []  # a mount point: kept, its contents not crossed
         try:
             names = sorted(os.listdir(path))
         except OSError as exc:
-            self._problem(path, f"cannot list directory: {exc.strerror}", "unreadable")
+            problem(path, f"cannot list directory: {exc.strerror}", "unreadable")
             return []
         if self.plan.exclude_caches and b"CACHEDIR.TAG" in names and is_cache_dir(path):
             names = [b"CACHEDIR.TAG"]
@@ -459,8 +474,76 @@ class _BackupRun:
             try:
                 kids.append((name, child, os.lstat(child)))
             except OSError as exc:
-                self._problem(child, f"cannot stat: {exc.strerror}", "unreadable")
+                problem(child, f"cannot stat: {exc.strerror}", "unreadable")
         return kids
+
+    # ---- reading ahead (backups without a parent) -----------------------------------------
+
+    def _scout(self) -> None:
+        """Find the large files the walk reaches last, from its end backwards, and start
+        reading each whenever a reader is free (FileReader.read_ahead); stop where the walker
+        is. Only a head start: whatever goes wrong here, the walker reads the file itself.
+
+        In the bench's initial backup the last folder holds 370 MiB of logs: read after the
+        walk they took ~0.9 s; read ahead, the walk takes ~0.5 s longer (the cores are shared)
+        and nothing is left after it.
+        """
+        try:
+            for path, name in self._far_files():
+                while not self.reader.may_read_ahead():
+                    if not self._scouting():
+                        return
+                    time.sleep(0.01)
+                if not self._scouting() or self._walked_past(path):
+                    return
+                self.reader.read_ahead(path, name)
+        except (OSError, CairnError, RuntimeError) as exc:  # RuntimeError: the pool is down
+            logger.debug("reading ahead stopped: %s", exc)
+
+    def _scouting(self) -> bool:
+        return not self.scout_stop and self.state.error is None \
+            and not self.state.cancel.cancelled
+
+    def _walked_past(self, path: bytes, *, folder: bool = False) -> bool:
+        """True if the walker got to `path`: it walks in name order, depth first, and `at`
+        is the entry it took last. A folder it is in is not past (the rest of it is ahead)."""
+        here, parts = self.at.split(b"/"), path.split(b"/")
+        if folder:
+            return parts < here and here[:len(parts)] != parts
+        return parts <= here
+
+    def _far_files(self) -> Iterator[tuple[bytes, bytes]]:
+        """(path, name) of the large files to back up (no hard links), walk order backwards:
+        listed as the walker lists them (the same excludes, mount points and cache tags)."""
+        def quiet(path: bytes, message: str, code: str) -> None:
+            pass  # the walker reports what it cannot list
+
+        large = self.reader.inline_below
+        barren = 0
+        for root in sorted(self.paths, key=lambda p: p.split(b"/"), reverse=True):
+            try:
+                st = os.lstat(root)
+            except OSError:
+                continue
+            if not stat.S_ISDIR(st.st_mode) or self.excluder.excluded(root):
+                continue
+            stack = [(root, st)]
+            while stack:
+                path, dir_st = stack.pop()
+                if not self._scouting() or self._walked_past(path, folder=True):
+                    return
+                kids = self._entries(path, dir_st, st.st_dev, quiet)
+                found = False
+                for name, child, kid_st in reversed(kids):
+                    mode = kid_st.st_mode
+                    if stat.S_ISREG(mode) and kid_st.st_size >= large and kid_st.st_nlink == 1:
+                        found = True
+                        yield child, name
+                barren = 0 if found else barren + 1
+                if barren >= SCOUT_FOLDERS:
+                    return
+                stack += [(child, kid_st) for _, child, kid_st in kids
+                          if stat.S_ISDIR(kid_st.st_mode)]
 
     def _open(self, frame: _Frame, kids: list[_Kid],
               prev_tree: ObjectId | None) -> None:
@@ -530,6 +613,7 @@ class _BackupRun:
         try:
             for name, path, st in kids:
                 self.state.check()
+                self.at = path
                 sub = trie.get(name) if trie is not None else None
                 if sub is not None:  # a folder leading to backed-up paths: nothing to save yet
                     frame.items.append(self._virtual(path, name, st, sub,
@@ -811,8 +895,14 @@ class _BackupRun:
     def run(self) -> BackupResult:
         try:
             prev = self.parent.snapshot.tree if self.parent is not None else None
+            if prev is None and SCOUT_FOLDERS > 0:  # every file is read: read the last first
+                self.scout = self.control_pool.submit(self._scout)
             top = self._virtual(b"", b"", None, path_trie(self.paths), None, prev)
+            self.scout_stop = True
             self._finish_all_dirs()
+            if self.scout is not None:  # reads ahead the walk did not take end before the flush
+                wait([self.scout])
+                self.reader.settle_ahead()
             assert top.tree is not None
             self.packer.flush()
             snap = self._snapshot(top.tree, checkpoint=False)

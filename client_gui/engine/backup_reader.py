@@ -9,7 +9,7 @@ import os
 import stat
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from client_gui.engine.backup_state import BackupState
 from client_gui.engine.dedup import BlobLedger
@@ -22,6 +22,10 @@ from shared.hashing import keyed_id
 from shared.ids import BlobType, ObjectId
 
 logger = logging.getLogger(__name__)
+
+
+def _no_problem(path: bytes, message: str, code: str) -> None:
+    """Problems of a read ahead are not reported: the walker's own read reports them."""
 
 
 class _FdReader:
@@ -74,6 +78,13 @@ class FileReader:
         self.inline_below = inline_below
         self.file_pool = ThreadPoolExecutor(workers, thread_name_prefix="cairn-read")
         self.hardlinks: dict[tuple[int, int], Future[Node | None] | Node] = {}
+        # Large files read before the walker gets to them (read_ahead), by path; and how many
+        # pool reads the walker's own files and those take now.
+        self.ahead: dict[bytes, Future[Node | None]] = {}
+        self.busy_lock = threading.Lock()
+        self.walker_reads = 0
+        self.ahead_reads = 0
+        self.workers = workers
         self._local = threading.local()  # one chunker per reader thread (its set-up is costly)
 
     def shutdown(self) -> None:
@@ -104,8 +115,11 @@ class FileReader:
         """The node of the file at `path`: `parent` if unchanged, else a read's node or future.
 
         A file smaller than `inline_below` is read by the calling thread (None if it could
-        not be read); a larger one is read on the pool.
+        not be read); a larger one is read on the pool (or was: see read_ahead).
         """
+        ahead = self.ahead.pop(path, None) if self.ahead else None
+        if ahead is not None and parent is None and st.st_nlink == 1:
+            return self._claim(ahead, path, name, st)
         if (parent is not None and parent.type == NodeType.FILE and parent.size == st.st_size
                 and parent.mtime_ns == st.st_mtime_ns and parent.ctime_ns == st.st_ctime_ns
                 and parent.inode == st.st_ino and self.ledger.reuse(parent)):
@@ -133,10 +147,12 @@ class FileReader:
             return node
         while not self.file_slots.acquire(timeout=0.5):
             self.state.check()
+        with self.busy_lock:
+            self.walker_reads += 1
         try:
             fut = self.file_pool.submit(self._read_pooled, path, name, parent)
         except BaseException:
-            self.file_slots.release()
+            self._pooled_done()
             raise
         if st.st_nlink > 1:
             self.hardlinks[link_key] = fut
@@ -146,7 +162,82 @@ class FileReader:
         try:
             return self._read_file(path, name, parent)
         finally:
-            self.file_slots.release()
+            self._pooled_done()
+
+    def _pooled_done(self) -> None:
+        with self.busy_lock:
+            self.walker_reads -= 1
+        self.file_slots.release()
+
+    # ---- reading ahead of the walker ------------------------------------------------------
+    # In a backup without a parent every file is read. The walker reads small files itself
+    # and hands large ones to the pool, so while it is in folders of small files the pool
+    # idles, and the large files of the last folders it walks were read after the walk: a
+    # second of a six-second backup. backup.py's scout finds those files from the end of the
+    # walk and starts them here whenever a reader is free.
+
+    def may_read_ahead(self) -> bool:
+        """True if a reader is free: neither the walker's files nor reads ahead take it."""
+        with self.busy_lock:
+            return self.walker_reads + self.ahead_reads < self.workers
+
+    def read_ahead(self, path: bytes, name: bytes) -> None:
+        """Start reading large file `path` (entry `name`) for the walker, who gets there later.
+
+        The read reports no problem and counts nothing: `save` takes its node if the walker's
+        lstat then matches what was read, else reads the file again as usual.
+        """
+        with self.busy_lock:
+            self.ahead_reads += 1
+        try:
+            self.ahead[path] = self.file_pool.submit(self._read_ahead, path, name)
+        except BaseException:
+            with self.busy_lock:
+                self.ahead_reads -= 1
+            raise
+
+    def settle_ahead(self) -> None:
+        """Wait for the reads ahead the walker did not take (a file gone meanwhile)."""
+        wait(list(self.ahead.values()))
+
+    def _read_ahead(self, path: bytes, name: bytes) -> Node | None:
+        try:
+            return self._read_file_inner(path, name, None, problem=_no_problem)
+        except (Cancelled, CairnError):
+            raise
+        except BaseException as exc:
+            self.state.fail(exc)
+            raise
+        finally:
+            with self.busy_lock:
+                self.ahead_reads -= 1
+
+    def _claim(self, ahead: Future[Node | None], path: bytes, name: bytes,
+               st: os.stat_result) -> Future[Node | None]:
+        """The walker's future for a file read ahead: its node if the walker's lstat `st` is
+        what was read, else (changed since, or not read) the result of reading it again."""
+        out: Future[Node | None] = Future()
+
+        def done(read: Future[Node | None]) -> None:
+            try:
+                node = read.result()
+            except BaseException as exc:  # the run's error or cancellation: passed on
+                out.set_exception(exc)
+                return
+            if (node is not None and node.size == st.st_size and node.inode == st.st_ino
+                    and node.mtime_ns == st.st_mtime_ns and node.ctime_ns == st.st_ctime_ns):
+                with self.state.stats_lock:
+                    self._count_file(node)
+                    self.stats.new_files += 1
+                out.set_result(node)
+                return
+            try:  # on the thread that ran the read: no slot to wait for
+                out.set_result(self._read_file(path, name, None))
+            except BaseException as exc:
+                out.set_exception(exc)
+
+        ahead.add_done_callback(done)
+        return out
 
     def _read_file(self, path: bytes, name: bytes, parent: Node | None) -> Node | None:
         try:
@@ -171,19 +262,22 @@ class FileReader:
             chunker = self._local.chunker = self.new_chunker()
         return chunker
 
-    def _read_file_inner(self, path: bytes, name: bytes, parent: Node | None) -> Node | None:
+    def _read_file_inner(self, path: bytes, name: bytes, parent: Node | None,
+                         problem: Callable[[bytes, str, str], None] | None = None
+                         ) -> Node | None:
+        problem = self.problem if problem is None else problem
         chunker = self._chunker()
         for attempt in range(1 + max(0, self.read_retries)):
             try:
                 fd = open_file(path)
             except OSError as exc:
-                self.problem(path, f"cannot read: {exc.strerror}", "unreadable")
+                problem(path, f"cannot read: {exc.strerror}", "unreadable")
                 return None
             try:
                 with _FdReader(fd) as f:
                     before = os.fstat(fd)
                     if not stat.S_ISREG(before.st_mode):
-                        self.problem(path, "is no longer a regular file", "changed")
+                        problem(path, "is no longer a regular file", "changed")
                         return None
                     content: list[ObjectId] = []
                     size = 0
@@ -200,7 +294,7 @@ class FileReader:
                         self.report()
                     after = os.fstat(fd)
             except OSError as exc:
-                self.problem(path, f"read error: {exc.strerror}", "unreadable")
+                problem(path, f"read error: {exc.strerror}", "unreadable")
                 return None
             if (size == after.st_size == before.st_size
                     and before.st_mtime_ns == after.st_mtime_ns
@@ -209,8 +303,9 @@ class FileReader:
                                  content=tuple(content), xattrs=read_xattrs(path))
             logger.info("%s changed while read (attempt %d), reading again", path, attempt + 1)
         if parent is not None and parent.type == NodeType.FILE and self.ledger.reuse(parent):
-            self.problem(path, "kept changing while being read; the previous version is kept",
+            problem(path, "kept changing while being read; the previous version is kept",
                          "changed")
             return parent
-        self.problem(path, "kept changing while being read; not backed up", "changed")
+        problem(path, "kept changing while being read; not backed up", "changed")
         return None
+

@@ -24,6 +24,7 @@ import pytest
 
 import client_gui.engine.backup as backup_module
 from client_gui.engine.backup import BackupPlan, BackupResult, backup, find_parent
+from client_gui.engine.backup_reader import FileReader
 from client_gui.engine.exclude import CACHEDIR_SIGNATURE
 from client_gui.engine.progress import BackupProgress, CancelToken, ItemProblem, Progress
 from client_gui.engine.vault import Vault
@@ -1027,6 +1028,7 @@ async def test_backup_does_not_hang_on_file_replaced_by_fifo(
             pass
 
     monkeypatch.setattr(os, "lstat", lstat)
+    monkeypatch.setattr(backup_module, "SCOUT_FOLDERS", 0)  # only the walker may lstat here
     watchdog = threading.Timer(30, unblock)
     watchdog.start()
     try:
@@ -1212,6 +1214,125 @@ async def test_backup_does_not_reuse_folder_tree_from_marked_pack(
     # The same tree (same ID), stored again in a pack the snapshot lists.
     src_node = await lookup(fresh, second.snapshot.tree, rel(src))
     assert src_node == await lookup(fresh, first.snapshot.tree, rel(src))
+
+
+# ---- reading the last large files ahead (backups without a parent) ---------------------------
+
+
+def _read_ahead(monkeypatch: pytest.MonkeyPatch,
+                then: Callable[[bytes], None] = lambda path: None
+                ) -> tuple[list[bytes], threading.Event]:
+    """The files read ahead (each followed by `then(path)`), and an event set after each."""
+    done: list[bytes] = []
+    finished = threading.Event()
+    inner = FileReader._read_ahead
+
+    def read_ahead(self: FileReader, path: bytes, name: bytes) -> Node | None:
+        try:
+            return inner(self, path, name)
+        finally:
+            then(path)
+            done.append(path)
+            finished.set()
+
+    monkeypatch.setattr(FileReader, "_read_ahead", read_ahead)
+    return done, finished
+
+
+def _hold_walker(monkeypatch: pytest.MonkeyPatch, folder: Path, until: threading.Event) -> None:
+    """The walker waits at `folder` (at most 10 s) until `until` is set."""
+    inner = backup_module._BackupRun._directory
+    held = os.fsencode(folder)
+
+    def directory(self: Any, path: bytes, name: bytes, st: os.stat_result,
+                  parent: Node | None) -> Any:
+        if path == held:
+            until.wait(10)
+        return inner(self, path, name, st, parent)
+
+    monkeypatch.setattr(backup_module._BackupRun, "_directory", directory)
+
+
+AHEAD_TREE = {"a/small.txt": "small", "z/big.bin": random_bytes(600_000, 3),
+              "z/also.txt": "also"}
+
+
+async def test_backup_reads_the_last_large_files_ahead(
+        tmp_path: Path, vault_factory: VaultFactory, reads: ReadCounter,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the walker is in the first folder, the large file of the last one is read; the
+    walker takes that read when it gets there: read once, counted once."""
+    src = make_tree(tmp_path / "src", AHEAD_TREE)
+    ahead, finished = _read_ahead(monkeypatch)
+    _hold_walker(monkeypatch, src / "a", finished)
+    vault, _ = await vault_factory.create()
+    result = await backup(vault, plan(src))
+    assert ahead == [os.fsencode(src / "z/big.bin")]
+    assert reads.count(src / "z/big.bin") == 1
+    assert await contents(vault, result.snapshot.tree, src) == disk_contents(src)
+    s = result.snapshot.stats
+    assert (s.files, s.new_files, s.bytes, s.problems) == (3, 3, 600_009, 0)
+
+
+async def test_a_file_changed_after_its_read_ahead_is_read_again(
+        tmp_path: Path, vault_factory: VaultFactory, reads: ReadCounter,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    src = make_tree(tmp_path / "src", AHEAD_TREE)
+    big = src / "z/big.bin"
+
+    def append(path: bytes) -> None:
+        with open(path, "ab") as f:
+            f.write(b"written after the read ahead")
+
+    _, finished = _read_ahead(monkeypatch, append)
+    _hold_walker(monkeypatch, src / "a", finished)
+    vault, _ = await vault_factory.create()
+    result = await backup(vault, plan(src))
+    assert reads.count(big) == 2
+    assert await contents(vault, result.snapshot.tree, src) == disk_contents(src)
+    assert disk_contents(src)[b"z/big.bin"].endswith(b"after the read ahead")
+    s = result.snapshot.stats
+    assert (s.files, s.new_files, s.problems) == (3, 3, 0)
+
+
+async def test_a_file_gone_after_its_read_ahead_is_not_in_the_snapshot(
+        tmp_path: Path, vault_factory: VaultFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = make_tree(tmp_path / "src", AHEAD_TREE)
+    _, finished = _read_ahead(monkeypatch, os.unlink)
+    _hold_walker(monkeypatch, src / "a", finished)
+    vault, _ = await vault_factory.create()
+    result = await backup(vault, plan(src))
+    assert set(await contents(vault, result.snapshot.tree, src)) == {b"a/small.txt",
+                                                                     b"z/also.txt"}
+    s = result.snapshot.stats
+    assert (s.files, s.new_files, s.bytes, s.problems) == (2, 2, 9, 0)
+    assert result.problems == ()
+
+
+async def test_excluded_files_are_not_read_ahead(
+        tmp_path: Path, vault_factory: VaultFactory, reads: ReadCounter,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = {**AHEAD_TREE, "z/skip.iso": random_bytes(600_000, 4),
+            "z/cache/CACHEDIR.TAG": CACHEDIR_SIGNATURE, "z/cache/big.bin": random_bytes(600_000, 5)}
+    src = make_tree(tmp_path / "src", spec)
+    ahead, finished = _read_ahead(monkeypatch)
+    _hold_walker(monkeypatch, src / "a", finished)
+    vault, _ = await vault_factory.create()
+    await backup(vault, plan(src, excludes=("*.iso",)))
+    assert ahead == [os.fsencode(src / "z/big.bin")]
+    assert reads.count(src / "z/skip.iso") == 0 and reads.count(src / "z/cache/big.bin") == 0
+
+
+async def test_no_reading_ahead_with_a_parent(
+        tmp_path: Path, vault_factory: VaultFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a parent most files are unchanged: only the walker knows which to read."""
+    src = make_tree(tmp_path / "src", AHEAD_TREE)
+    vault, _ = await vault_factory.create()
+    await backup(vault, plan(src))
+    ahead, _ = _read_ahead(monkeypatch)
+    (src / "z/big.bin").write_bytes(random_bytes(600_000, 6))
+    await backup(vault, plan(src))
+    assert ahead == []
 
 
 # ---- interrupted backups --------------------------------------------------------------------
