@@ -304,8 +304,7 @@ class FileReader:
             logger.info("%s changed while read (attempt %d), reading again", path, attempt + 1)
         if parent is not None and parent.type == NodeType.FILE and self.ledger.reuse(parent):
             problem(path, "kept changing while being read; the previous version is kept",
-                         "changed")
+                    "changed")
             return parent
         problem(path, "kept changing while being read; not backed up", "changed")
         return None
-
