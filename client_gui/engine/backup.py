@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, TypeVar
 
 from client_gui.engine.backup_reader import FileReader
@@ -192,7 +193,7 @@ async def backup(vault: Vault, plan: BackupPlan, *, progress: ProgressSink | Non
     finally:
         # Waiting for the threads happens off the loop, which they may need to finish a step.
         await asyncio.wrap_future(run.control_pool.submit(run.shutdown))
-        run.control_pool.shutdown(wait=True)  # both its threads are idle by now
+        run.control_pool.shutdown(wait=True)  # its threads are idle by now
 
 
 class _BackupRun:
@@ -494,15 +495,18 @@ class _BackupRun:
                     if not self._scouting():
                         return
                     time.sleep(0.01)
-                if not self._scouting() or self._walked_past(path):
+                if not self._scouting():
                     return
-                self.reader.read_ahead(path, name)
+                self.reader.read_ahead(path, name, partial(self._ahead_of_walker, path))
         except (OSError, CairnError, RuntimeError) as exc:  # RuntimeError: the pool is down
             logger.debug("reading ahead stopped: %s", exc)
 
     def _scouting(self) -> bool:
         return not self.scout_stop and self.state.error is None \
             and not self.state.cancel.cancelled
+
+    def _ahead_of_walker(self, path: bytes) -> bool:
+        return not self._walked_past(path)
 
     def _walked_past(self, path: bytes, *, folder: bool = False) -> bool:
         """True if the walker got to `path`: it walks in name order, depth first, and `at`
@@ -527,23 +531,26 @@ class _BackupRun:
                 continue
             if not stat.S_ISDIR(st.st_mode) or self.excluder.excluded(root):
                 continue
-            stack = [(root, st)]
-            while stack:
-                path, dir_st = stack.pop()
-                if not self._scouting() or self._walked_past(path, folder=True):
-                    return
-                kids = self._entries(path, dir_st, st.st_dev, quiet)
-                found = False
-                for name, child, kid_st in reversed(kids):
-                    mode = kid_st.st_mode
-                    if stat.S_ISREG(mode) and kid_st.st_size >= large and kid_st.st_nlink == 1:
-                        found = True
-                        yield child, name
-                barren = 0 if found else barren + 1
-                if barren >= SCOUT_FOLDERS:
-                    return
-                stack += [(child, kid_st) for _, child, kid_st in kids
-                          if stat.S_ISDIR(kid_st.st_mode)]
+            # Each folder's entries backwards, a subfolder's at its own place: the exact
+            # reverse of the walk, so the first file found walked past ends the search.
+            todo = [iter(reversed(self._entries(root, st, st.st_dev, quiet)))]
+            while todo:
+                entry = next(todo[-1], None)
+                if entry is None:
+                    todo.pop()
+                    continue
+                name, child, kid_st = entry
+                mode = kid_st.st_mode
+                if stat.S_ISDIR(mode):
+                    if not self._scouting() or self._walked_past(child, folder=True):
+                        return
+                    barren += 1
+                    if barren > SCOUT_FOLDERS:
+                        return
+                    todo.append(iter(reversed(self._entries(child, kid_st, st.st_dev, quiet))))
+                elif stat.S_ISREG(mode) and kid_st.st_size >= large and kid_st.st_nlink == 1:
+                    barren = 0
+                    yield child, name
 
     def _open(self, frame: _Frame, kids: list[_Kid],
               prev_tree: ObjectId | None) -> None:
@@ -863,6 +870,8 @@ class _BackupRun:
         if time.monotonic() - self.last_checkpoint < self.plan.checkpoint_interval:
             return
         root = self._partial_root()
+        # A read ahead may have claimed a chunk a file in `root` shares, and not sealed it yet.
+        self.reader.settle_ahead()
         self.packer.flush()
         snap = self._snapshot(root, checkpoint=True)
         sid = self._await(self.vault.save_snapshot(snap))

@@ -24,6 +24,14 @@ from shared.ids import BlobType, ObjectId
 logger = logging.getLogger(__name__)
 
 
+def _pass_on(done: Future[Node | None], out: Future[Node | None]) -> None:
+    """Give `out` the outcome of `done`."""
+    try:
+        out.set_result(done.result())
+    except BaseException as exc:
+        out.set_exception(exc)
+
+
 def _no_problem(path: bytes, message: str, code: str) -> None:
     """Problems of a read ahead are not reported: the walker's own read reports them."""
 
@@ -117,7 +125,10 @@ class FileReader:
         A file smaller than `inline_below` is read by the calling thread (None if it could
         not be read); a larger one is read on the pool (or was: see read_ahead).
         """
-        ahead = self.ahead.pop(path, None) if self.ahead else None
+        ahead = None
+        if self.ahead:  # the walker's position (`at`) is past `path` by now: see read_ahead
+            with self.busy_lock:
+                ahead = self.ahead.pop(path, None)
         if ahead is not None and parent is None and st.st_nlink == 1:
             return self._claim(ahead, path, name, st)
         if (parent is not None and parent.type == NodeType.FILE and parent.size == st.st_size
@@ -181,20 +192,20 @@ class FileReader:
         with self.busy_lock:
             return self.walker_reads + self.ahead_reads < self.workers
 
-    def read_ahead(self, path: bytes, name: bytes) -> None:
-        """Start reading large file `path` (entry `name`) for the walker, who gets there later.
+    def read_ahead(self, path: bytes, name: bytes, still_ahead: Callable[[], bool]) -> None:
+        """Start reading large file `path` (entry `name`) for the walker, who gets there later,
+        if `still_ahead()` says it has not (checked under the lock `save` takes its reads
+        ahead with, so the walker never misses one it gets to).
 
-        The read reports no problem and counts nothing: `save` takes its node if the walker's
-        lstat then matches what was read, else reads the file again as usual.
+        The read reports no problem and counts no file: `save` takes its node if the walker's
+        lstat then matches what was read, else reads the file again as usual. (Its new
+        chunks are stored and counted as new blobs either way.)
         """
         with self.busy_lock:
-            self.ahead_reads += 1
-        try:
+            if not still_ahead():
+                return
             self.ahead[path] = self.file_pool.submit(self._read_ahead, path, name)
-        except BaseException:
-            with self.busy_lock:
-                self.ahead_reads -= 1
-            raise
+            self.ahead_reads += 1
 
     def settle_ahead(self) -> None:
         """Wait for the reads ahead the walker did not take (a file gone meanwhile)."""
@@ -231,10 +242,12 @@ class FileReader:
                     self.stats.new_files += 1
                 out.set_result(node)
                 return
-            try:  # on the thread that ran the read: no slot to wait for
-                out.set_result(self._read_file(path, name, None))
-            except BaseException as exc:
+            try:  # read again on the pool (this may be the walker's thread)
+                again = self.file_pool.submit(self._read_file, path, name, None)
+            except BaseException as exc:  # the pool is down: the run is ending
                 out.set_exception(exc)
+                return
+            again.add_done_callback(lambda f: _pass_on(f, out))
 
         ahead.add_done_callback(done)
         return out

@@ -918,6 +918,7 @@ async def test_backup_reads_again_a_file_that_changed_while_read(
     src = make_tree(tmp_path / "src", {"log": records(0, 100), "other": "o"})
     disturber = Disturber(src / "log", times=1)
     monkeypatch.setattr(backup_module, "FastCdcChunker", disturber)
+    monkeypatch.setattr(backup_module, "SCOUT_FOLDERS", 0)  # the walker's own reads counted
     vault, root = await vault_factory.create()
     result = await backup(vault, plan(src, read_retries=1))
 
@@ -935,6 +936,7 @@ async def test_backup_skips_a_new_file_that_keeps_changing(
     src = make_tree(tmp_path / "src", {"log": records(0, 10), "other": "o"})
     disturber = Disturber(src / "log", times=1000)
     monkeypatch.setattr(backup_module, "FastCdcChunker", disturber)
+    monkeypatch.setattr(backup_module, "SCOUT_FOLDERS", 0)  # the walker's own reads counted
     vault, root = await vault_factory.create()
     result = await backup(vault, plan(src, read_retries=2))
 
@@ -954,6 +956,7 @@ async def test_backup_keeps_previous_version_of_a_file_that_keeps_changing(
         f.write(records(10, 1))
     disturber = Disturber(src / "log", times=1000)
     monkeypatch.setattr(backup_module, "FastCdcChunker", disturber)
+    monkeypatch.setattr(backup_module, "SCOUT_FOLDERS", 0)  # the walker's own reads counted
 
     again = await vault_factory.open(root)
     second = await backup(again, plan(src, read_retries=1))
@@ -1321,6 +1324,34 @@ async def test_excluded_files_are_not_read_ahead(
     await backup(vault, plan(src, excludes=("*.iso",)))
     assert ahead == [os.fsencode(src / "z/big.bin")]
     assert reads.count(src / "z/skip.iso") == 0 and reads.count(src / "z/cache/big.bin") == 0
+
+
+async def test_reads_ahead_go_in_reverse_walk_order(
+        tmp_path: Path, vault_factory: VaultFactory, reads: ReadCounter,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A subfolder's files come at the subfolder's place, as in the walk (backwards)."""
+    src = make_tree(tmp_path / "src", {"0first/small.txt": "s",
+                                       "a.bin": random_bytes(300_000, 7),
+                                       "b/big.bin": random_bytes(300_000, 8),
+                                       "z.bin": random_bytes(300_000, 9)})
+    started: list[bytes] = []
+    inner = FileReader.read_ahead
+
+    def read_ahead(self: FileReader, path: bytes, name: bytes,
+                   still_ahead: Callable[[], bool]) -> None:
+        started.append(path)
+        inner(self, path, name, still_ahead)
+
+    monkeypatch.setattr(FileReader, "read_ahead", read_ahead)
+    done, finished = _read_ahead(monkeypatch)
+    all_done = threading.Event()
+    monkeypatch.setattr(finished, "set", lambda: len(done) == 3 and all_done.set())
+    _hold_walker(monkeypatch, src / "0first", all_done)
+    vault, _ = await vault_factory.create()
+    result = await backup(vault, plan(src))
+    assert started == [os.fsencode(src / p) for p in ("z.bin", "b/big.bin", "a.bin")]
+    assert all(reads.count(src / p) == 1 for p in ("z.bin", "b/big.bin", "a.bin"))
+    assert await contents(vault, result.snapshot.tree, src) == disk_contents(src)
 
 
 async def test_no_reading_ahead_with_a_parent(
