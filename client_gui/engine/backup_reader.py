@@ -152,7 +152,7 @@ class FileReader:
         if st.st_size < self.inline_below:
             # Handing a small file to the pool costs more than reading it: thread wake-ups
             # and GIL hand-offs for every file made a tree of source files twice as slow.
-            node = self._read_file(path, name, parent)
+            node = self._read_small(path, name, st, parent)
             if st.st_nlink > 1 and node is not None:
                 self.hardlinks[link_key] = node
             return node
@@ -268,6 +268,55 @@ class FileReader:
         except BaseException as exc:
             self.state.fail(exc)
             raise
+
+    def _read_small(self, path: bytes, name: bytes, st: os.stat_result,
+                    parent: Node | None) -> Node | None:
+        """`_read_file` for a file whose lstat `st` says it is smaller than a chunk, in one
+        read: what a backup of many small files spends most of its time on.
+
+        The file is taken only if the fstat after the read shows the walker's lstat (taken
+        before the open): the same file, unchanged, as long as what was read. Anything else
+        (it changed, grew, is no longer a regular file, cannot be read) goes the general way,
+        which reports problems and reads changing files again.
+        """
+        self.state.check()
+        try:
+            fd = open_file(path)
+        except OSError:
+            return self._read_file(path, name, parent)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # no read of a device put in its place
+                return self._read_file(path, name, parent)
+            data = os.read(fd, self.inline_below)
+            after = os.fstat(fd)
+            xattrs = read_xattrs(path)
+        except OSError:
+            return self._read_file(path, name, parent)
+        finally:
+            os.close(fd)
+        size = len(data)
+        if (size != after.st_size or size != st.st_size
+                or after.st_ino != st.st_ino or after.st_dev != st.st_dev
+                or after.st_mtime_ns != st.st_mtime_ns or after.st_ctime_ns != st.st_ctime_ns):
+            return self._read_file(path, name, parent)
+        content: tuple[ObjectId, ...] = ()
+        if size:
+            blob_id = keyed_id(self.id_key, data)
+            content = (blob_id,)
+            self.ledger.use(blob_id)
+            if self.ledger.claim(blob_id):
+                self.packer.submit_seal(BlobType.DATA, blob_id, data)
+        node = stat_node(name, NodeType.FILE, after, self.owners, size=size, content=content,
+                         xattrs=xattrs)
+        with self.state.stats_lock:
+            self.stats.bytes_read += size
+            self._count_file(node)
+            if parent is None:
+                self.stats.new_files += 1
+            else:
+                self.stats.changed_files += 1
+        self.report()
+        return node
 
     def _chunker(self) -> Chunker:
         chunker: Chunker | None = getattr(self._local, "chunker", None)

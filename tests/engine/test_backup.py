@@ -23,10 +23,12 @@ from typing import Any, BinaryIO
 import pytest
 
 import client_gui.engine.backup as backup_module
+import client_gui.engine.backup_reader as backup_reader_module
 from client_gui.engine.backup import BackupPlan, BackupResult, backup, find_parent
 from client_gui.engine.backup_reader import FileReader
 from client_gui.engine.exclude import CACHEDIR_SIGNATURE
 from client_gui.engine.progress import BackupProgress, CancelToken, ItemProblem, Progress
+from client_gui.engine.scan import open_file
 from client_gui.engine.vault import Vault
 from client_gui.engine.walk import lookup, walk
 from shared.chunking import ChunkerParams, FastCdcChunker
@@ -43,6 +45,9 @@ from tests.engine.conftest import VaultFactory
 
 T0 = 1_600_000_000_123_456_789  # an mtime with every nanosecond digit set
 RECORD = 4096  # the unit files that change during a backup grow by
+# Records in a file larger than the chunker's minimum: read through the chunker (smaller files
+# are read in one go, see test_a_small_file_changed_before_its_read_is_read_again).
+CHUNKED = 70
 THREADS = ("cairn-walk", "cairn-read", "cairn-seal")  # the backup's own thread names
 
 
@@ -169,28 +174,21 @@ class Sink:
 
 
 class ReadCounter:
-    """Stands in for FastCdcChunker and records the inode of every file the backup reads."""
+    """Wraps the backup reader's `open_file` and records the inode of every file the backup
+    opens to read (small files read in one go and chunked ones alike)."""
 
     def __init__(self) -> None:
         self.inodes: list[int] = []
         self._lock = threading.Lock()
 
-    def __call__(self, params: ChunkerParams) -> "_CountingChunker":
-        return _CountingChunker(self, FastCdcChunker(params))
+    def open_file(self, path: bytes) -> int:
+        fd = open_file(path)
+        with self._lock:
+            self.inodes.append(os.fstat(fd).st_ino)
+        return fd
 
     def count(self, path: Path) -> int:
         return self.inodes.count(os.lstat(path).st_ino)
-
-
-class _CountingChunker:
-    def __init__(self, counter: ReadCounter, inner: FastCdcChunker) -> None:
-        self._counter = counter
-        self._inner = inner
-
-    def split_stream(self, stream: BinaryIO) -> Iterator[memoryview]:
-        with self._counter._lock:
-            self._counter.inodes.append(os.fstat(stream.fileno()).st_ino)
-        return self._inner.split_stream(stream)
 
 
 class Disturber:
@@ -290,7 +288,7 @@ class FailingPacks(WrappedStore):
 @pytest.fixture
 def reads(monkeypatch: pytest.MonkeyPatch) -> ReadCounter:
     counter = ReadCounter()
-    monkeypatch.setattr(backup_module, "FastCdcChunker", counter)
+    monkeypatch.setattr(backup_reader_module, "open_file", counter.open_file)
     return counter
 
 
@@ -931,9 +929,78 @@ async def test_backup_reads_again_a_file_that_changed_while_read(
     assert node.mtime_ns == os.lstat(src / "log").st_mtime_ns
 
 
+def _change_on_first_open(monkeypatch: pytest.MonkeyPatch, target: Path,
+                          change: Callable[[Path], None]) -> list[bytes]:
+    """`change(target)` right after the backup first opens it (after the walker's lstat, before
+    the read); returns the paths of every file the backup opens to read."""
+    opened: list[bytes] = []
+    wanted = os.fsencode(target)
+
+    def opening(path: bytes) -> int:
+        fd = open_file(path)
+        opened.append(path)
+        if path == wanted and opened.count(path) == 1:
+            change(target)
+        return fd
+
+    monkeypatch.setattr(backup_reader_module, "open_file", opening)
+    return opened
+
+
+def _append(data: bytes) -> Callable[[Path], None]:
+    def append(path: Path) -> None:
+        with open(path, "ab") as f:
+            f.write(data)
+    return append
+
+
+async def test_a_small_file_changed_before_its_read_is_read_again(
+        tmp_path: Path, vault_factory: VaultFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file smaller than a chunk is read in one go; if the fstat after that read is not the
+    walker's lstat, the file is read again the general way: what is stored is consistent."""
+    src = make_tree(tmp_path / "src", {"note": records(0, 3), "other": "o"})
+    opened = _change_on_first_open(monkeypatch, src / "note", _append(records(3, 1)))
+    vault, root = await vault_factory.create()
+    result = await backup(vault, plan(src))
+    assert opened.count(os.fsencode(src / "note")) == 2
+    assert result.problems == ()
+    stored = await contents(await vault_factory.open(root), result.snapshot.tree, src)
+    assert stored == {b"note": records(0, 4), b"other": b"o"}
+    node = (await below(vault, result.snapshot.tree, src))[b"note"]
+    assert (node.size, node.mtime_ns) == (4 * RECORD, os.lstat(src / "note").st_mtime_ns)
+    s = result.snapshot.stats
+    assert (s.files, s.new_files, s.bytes) == (2, 2, 4 * RECORD + 1)
+
+
+async def test_a_small_file_grown_past_a_chunk_before_its_read_is_chunked(
+        tmp_path: Path, vault_factory: VaultFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = make_tree(tmp_path / "src", {"log": records(0, 1)})
+    grown = random_bytes(3 << 20, 21)  # several chunks
+    opened = _change_on_first_open(monkeypatch, src / "log", _append(grown))
+    vault, root = await vault_factory.create()
+    result = await backup(vault, plan(src))
+    assert opened.count(os.fsencode(src / "log")) == 2
+    assert result.problems == ()
+    stored = await contents(await vault_factory.open(root), result.snapshot.tree, src)
+    assert stored == {b"log": records(0, 1) + grown}
+    node = (await below(vault, result.snapshot.tree, src))[b"log"]
+    assert len(node.content) > 1
+
+
+async def test_a_small_file_gone_before_its_read_is_not_in_the_snapshot(
+        tmp_path: Path, vault_factory: VaultFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = make_tree(tmp_path / "src", {"gone": "g", "other": "o"})
+    _change_on_first_open(monkeypatch, src / "gone", os.unlink)
+    vault, _ = await vault_factory.create()
+    result = await backup(vault, plan(src))
+    assert [(p.path, p.code) for p in result.problems] == [(str(src / "gone"), "unreadable")]
+    assert await contents(vault, result.snapshot.tree, src) == {b"other": b"o"}
+    assert (result.snapshot.stats.files, result.snapshot.stats.problems) == (1, 1)
+
+
 async def test_backup_skips_a_new_file_that_keeps_changing(
         tmp_path: Path, vault_factory: VaultFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    src = make_tree(tmp_path / "src", {"log": records(0, 10), "other": "o"})
+    src = make_tree(tmp_path / "src", {"log": records(0, CHUNKED), "other": "o"})
     disturber = Disturber(src / "log", times=1000)
     monkeypatch.setattr(backup_module, "FastCdcChunker", disturber)
     monkeypatch.setattr(backup_module, "SCOUT_FOLDERS", 0)  # the walker's own reads counted
@@ -949,11 +1016,11 @@ async def test_backup_skips_a_new_file_that_keeps_changing(
 
 async def test_backup_keeps_previous_version_of_a_file_that_keeps_changing(
         tmp_path: Path, vault_factory: VaultFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    src = make_tree(tmp_path / "src", {"log": records(0, 10), "other": "o"})
+    src = make_tree(tmp_path / "src", {"log": records(0, CHUNKED), "other": "o"})
     vault, root = await vault_factory.create()
     first = await backup(vault, plan(src))
     with open(src / "log", "ab") as f:  # changed since: the next backup must read it
-        f.write(records(10, 1))
+        f.write(records(CHUNKED, 1))
     disturber = Disturber(src / "log", times=1000)
     monkeypatch.setattr(backup_module, "FastCdcChunker", disturber)
     monkeypatch.setattr(backup_module, "SCOUT_FOLDERS", 0)  # the walker's own reads counted
@@ -967,9 +1034,9 @@ async def test_backup_keeps_previous_version_of_a_file_that_keeps_changing(
     kept = (await below(again, second.snapshot.tree, src))[b"log"]
     assert kept == old
     fresh = await vault_factory.open(root)
-    assert await content(fresh, kept) == records(0, 10)
+    assert await content(fresh, kept) == records(0, CHUNKED)
     s = second.snapshot.stats
-    assert (s.problems, s.files, s.bytes) == (1, 2, 10 * RECORD + 1)
+    assert (s.problems, s.files, s.bytes) == (1, 2, CHUNKED * RECORD + 1)
 
 
 async def test_backup_of_file_growing_in_background_is_never_torn(

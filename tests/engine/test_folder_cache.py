@@ -18,15 +18,15 @@ from pathlib import Path
 
 import pytest
 
+import client_gui.engine.backup_reader as backup_reader_module
 from client_gui.engine.backup import BackupPlan, BackupResult, backup
-from client_gui.engine.backup_reader import FileReader
 from client_gui.engine.cache import CachingStore
 from client_gui.engine.folder_cache import FolderCacheFile, node_entry, stat_entry
 from client_gui.engine.prune import prune
-from client_gui.engine.scan import OwnerNames, stat_node, virtual_paths
+from client_gui.engine.scan import OwnerNames, open_file, stat_node, virtual_paths
 from client_gui.engine.vault import Vault
 from shared.format.deletion import DeletionMarker, encode_deletion
-from shared.format.tree import Node, NodeType, StoredTree
+from shared.format.tree import NodeType, StoredTree
 from shared.ids import ObjectId, ObjectKind
 from shared.storage.local import LocalStore
 from tests.conftest import make_tree
@@ -253,15 +253,14 @@ async def test_several_paths_and_a_single_file(setup: Setup) -> None:
 
 
 def _reads(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """The paths of the files backups read from now on."""
+    """The paths of the files backups open to read from now on."""
     read: list[bytes] = []
-    inner = FileReader._read_file
 
-    def counting(self: FileReader, path: bytes, name: bytes, parent: Node | None) -> Node | None:
+    def counting(path: bytes) -> int:
         read.append(path)
-        return inner(self, path, name, parent)
+        return open_file(path)
 
-    monkeypatch.setattr(FileReader, "_read_file", counting)
+    monkeypatch.setattr(backup_reader_module, "open_file", counting)
     return read
 
 
