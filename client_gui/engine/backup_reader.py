@@ -14,6 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from client_gui.engine.backup_state import BackupState
 from client_gui.engine.dedup import BlobLedger
 from client_gui.engine.packer import Packer
+from client_gui.engine.priority import lower_this_thread
 from client_gui.engine.scan import OwnerNames, open_file, read_xattrs, stat_node
 from shared.chunking import Chunker
 from shared.errors import CairnError, Cancelled
@@ -84,7 +85,8 @@ class FileReader:
         self.report = report
         self.file_slots = threading.BoundedSemaphore(files_in_flight)
         self.inline_below = inline_below
-        self.file_pool = ThreadPoolExecutor(workers, thread_name_prefix="cairn-read")
+        self.file_pool = ThreadPoolExecutor(workers, thread_name_prefix="cairn-read",
+                                            initializer=lower_this_thread)
         self.hardlinks: dict[tuple[int, int], Future[Node | None] | Node] = {}
         # Large files read before the walker gets to them (read_ahead), by path; and how many
         # pool reads the walker's own files and those take now.

@@ -13,6 +13,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from client_gui.engine.backup_state import BackupState
+from client_gui.engine.priority import lower_this_thread
 from client_gui.engine.vault import Vault
 from shared.compression import compress
 from shared.format.blob import blob_aad, seal_into, sealed_size
@@ -56,7 +57,8 @@ class Packer:
         self.futures_lock = threading.Lock()
         self.upload_slots = threading.BoundedSemaphore(uploads_in_flight)
         self.seal_slots = threading.BoundedSemaphore(seals_in_flight)
-        self.seal_pool = ThreadPoolExecutor(seal_workers, thread_name_prefix="cairn-seal")
+        self.seal_pool = ThreadPoolExecutor(seal_workers, thread_name_prefix="cairn-seal",
+                                            initializer=lower_this_thread)
         # Blobs smaller than this are sealed by the thread that submits them (the walker, for
         # small files). Handing them to the pool, one by one or in batches of 32, cost more
         # than sealing them: every hand-off and every GIL release of a sealer woke another

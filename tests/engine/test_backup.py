@@ -13,6 +13,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +28,8 @@ import client_gui.engine.backup_reader as backup_reader_module
 from client_gui.engine.backup import BackupPlan, BackupResult, backup, find_parent
 from client_gui.engine.backup_reader import FileReader
 from client_gui.engine.exclude import CACHEDIR_SIGNATURE
+from client_gui.engine.packer import Packer
+from client_gui.engine.priority import PIPELINE_NICE
 from client_gui.engine.progress import BackupProgress, CancelToken, ItemProblem, Progress
 from client_gui.engine.scan import open_file
 from client_gui.engine.vault import Vault
@@ -1431,6 +1434,44 @@ async def test_no_reading_ahead_with_a_parent(
     (src / "z/big.bin").write_bytes(random_bytes(600_000, 6))
     await backup(vault, plan(src))
     assert ahead == []
+
+
+# ---- thread priority -------------------------------------------------------------------------
+
+
+def _nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
+async def test_readers_and_sealers_run_nicer_than_the_walker(
+        tmp_path: Path, vault_factory: VaultFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The walker is the critical path: the pipeline threads yield the CPU to it."""
+    src = make_tree(tmp_path / "src", {"big.bin": random_bytes(3 << 20, 31), "small": "s"})
+    seen: dict[str, set[int]] = {"walk": set(), "read": set(), "seal": set()}
+    walk, read, seal = (backup_module._BackupRun._walk, FileReader._read_file_inner,
+                        Packer.seal_now)
+
+    def walking(self: Any, *args: Any) -> Any:
+        seen["walk"].add(_nice())
+        return walk(self, *args)
+
+    def reading(self: FileReader, *args: Any, **kwargs: Any) -> Any:
+        seen["read"].add(_nice())
+        return read(self, *args, **kwargs)
+
+    def sealing(self: Packer, *args: Any) -> Any:
+        if threading.current_thread().name.startswith("cairn-seal"):
+            seen["seal"].add(_nice())
+        return seal(self, *args)
+
+    monkeypatch.setattr(backup_module._BackupRun, "_walk", walking)
+    monkeypatch.setattr(FileReader, "_read_file_inner", reading)
+    monkeypatch.setattr(Packer, "seal_now", sealing)
+    vault, _ = await vault_factory.create()
+    await backup(vault, plan(src))
+    (walker,) = seen["walk"]
+    assert seen["read"] == seen["seal"] == {min(19, walker + PIPELINE_NICE)}
 
 
 # ---- interrupted backups --------------------------------------------------------------------
